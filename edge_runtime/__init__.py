@@ -1,0 +1,3 @@
+"""edge-runtime: language models for field devices with no internet."""
+
+__version__ = "0.1.0"
