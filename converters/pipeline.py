@@ -1,0 +1,171 @@
+"""``convert``: source -> normalized HF folder -> fp32 ONNX -> quantized ONNX -> bundle."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from converters import __version__
+from converters.errors import MissingExtra, SourceError
+from converters.options import ConvertOptions
+from converters.progress import Progress, silent, step
+from converters.sources import PreparedSource, open_source
+from converters.writer import (
+    check_output,
+    file_entries,
+    move_into_place,
+    now_utc,
+    os_error,
+    staging_dir,
+    write_json,
+    write_manifest,
+)
+from edge_runtime.bundle import GraphSpec, Manifest, Quantization, verify_bundle
+
+REQUIRED_MODULES = ("torch", "transformers", "optimum.exporters.onnx", "onnx", "gguf")
+
+
+def require_extra() -> None:
+    """Raise MissingExtra naming the install command if a converter dependency is absent."""
+    import importlib.util
+
+    for module in REQUIRED_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise MissingExtra(module.split(".")[0])
+
+
+def _load_config(hf_dir: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise SourceError(f"{hf_dir}: cannot read the model config ({exc})") from exc
+
+
+def _tokenizer_json(hf_dir: Path, work: Path, trust_remote_code: bool) -> Path:
+    """Return a tokenizer.json for the model, converting a slow tokenizer if needed."""
+    path = hf_dir / "tokenizer.json"
+    if path.is_file():
+        return path
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{hf_dir}: no usable tokenizer ({exc})") from exc
+    out = work / "tokenizer"
+    tok.save_pretrained(str(out))
+    if not (out / "tokenizer.json").is_file():
+        raise SourceError(f"{hf_dir}: tokenizer cannot be saved as tokenizer.json")
+    return out / "tokenizer.json"
+
+
+def _write_files(
+    stage: Path, model_files: list[Path], prepared: PreparedSource, work: Path, context: int,
+    trust_remote_code: bool,
+) -> bool:
+    """Copy the model and write the side files; return whether a chat template was written."""
+    from converters import metadata
+
+    for src in model_files:
+        shutil.copyfile(src, stage / src.name)
+    hf_dir = prepared.hf_dir
+    shutil.copyfile(_tokenizer_json(hf_dir, work, trust_remote_code), stage / "tokenizer.json")
+    write_json(stage / "generation.json", metadata.generation_defaults(hf_dir, context))
+    template = metadata.chat_template(hf_dir, prepared)
+    if template:
+        (stage / "chat_template.jinja").write_text(template, encoding="utf-8")
+    return template is not None
+
+
+def _build(
+    source: str | Path, out_dir: Path, options: ConvertOptions, progress: Progress, work: Path
+) -> Manifest:
+    from converters import metadata
+    from converters.export import choose_graph, export_graph
+    from converters.onnx_io import check_model
+    from converters.quantize import quantize
+
+    src = open_source(source)
+    with step(progress, "load"):
+        prepared = src.prepare(work, trust_remote_code=options.trust_remote_code)
+        config = _load_config(prepared.hf_dir, options.trust_remote_code)
+        graph = choose_graph(options.graph, str(config.model_type))
+        arch = metadata.architecture(prepared.hf_dir, config, prepared, options.max_context)
+    with step(progress, f"export ({graph} graph)"):
+        fp32, spec = export_graph(
+            graph, prepared.hf_dir, work / "fp32",
+            max_length=arch.context_length, trust_remote_code=options.trust_remote_code,
+        )
+    with step(progress, f"quantize ({options.quant})"):
+        qdir = work / "quantized"
+        qdir.mkdir()
+        quant = quantize(fp32, qdir / "model.onnx", options)
+        shutil.rmtree(fp32.parent, ignore_errors=True)
+    with step(progress, "write and verify"), staging_dir(out_dir) as stage:
+        model_files = [p for p in qdir.iterdir() if p.name.startswith("model.onnx")]
+        has_template = _write_files(
+            stage, model_files, prepared, work, arch.context_length, options.trust_remote_code
+        )
+        check_model(stage / "model.onnx")
+        manifest = _manifest(out_dir.name, prepared, arch, quant, spec, stage, has_template)
+        write_manifest(stage, manifest)
+        verify_bundle(stage)
+        move_into_place(stage, out_dir)
+    return manifest
+
+
+def _manifest(
+    name: str, prepared: PreparedSource, arch: Any, quant: Quantization, spec: GraphSpec,
+    stage: Path, has_template: bool,
+) -> Manifest:
+    return Manifest(
+        name=name,
+        source=prepared.facts,
+        architecture=arch,
+        quantization=quant,
+        graph=spec,
+        files=file_entries(stage),
+        converter_version=__version__,
+        created=now_utc(),
+        chat_template_file="chat_template.jinja" if has_template else None,
+    )
+
+
+def convert(
+    source: str | Path,
+    out_dir: str | Path,
+    options: ConvertOptions | None = None,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Convert ``source`` (HF folder, hub id or .gguf) into a verified bundle at ``out_dir``.
+
+    Nothing appears at ``out_dir`` unless the whole bundle was written and verified.
+    """
+    options = options or ConvertOptions()
+    progress = progress or silent
+    out = Path(out_dir).expanduser().absolute()
+    require_extra()
+    if not Path(source).expanduser().exists() and "/" not in str(source):
+        raise SourceError(f"{source}: no such file or folder")
+    check_output(out, options.overwrite)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".edge-runtime-work-", dir=out.parent))
+    except OSError as exc:
+        raise os_error(exc, out.parent) from exc
+    try:
+        return _build(source, out, options, progress, work)
+    except OSError as exc:
+        raise os_error(exc, out.parent) from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+__all__ = ["convert"]
