@@ -65,6 +65,8 @@ class GenerationResult:
     finish_reason: FinishReason
     usage: Usage
     timings: Timings = field(default_factory=Timings)
+    token_ids: tuple[int, ...] = ()
+    """The generated tokens (no end-of-sequence token), for tests and benchmarks."""
 
 
 DeltaCallback = Callable[[str], None]

@@ -6,9 +6,14 @@ chosen by ``manifest.graph.kind`` through :data:`RUNNERS`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from edge_runtime.bundle.manifest import Manifest
 
 
 class DecoderRunner(Protocol):
@@ -29,5 +34,33 @@ class DecoderRunner(Protocol):
         ...
 
     def forward(self, token_ids: np.ndarray) -> np.ndarray:
-        """Append ``token_ids`` (int64, shape [n]) and return float32 logits [vocab] for the last."""
+        """Append ``token_ids`` (int64, shape [n]); return float32 logits [vocab] for the last."""
         ...
+
+
+class RunnerFactory(Protocol):
+    """Build the runner for one graph kind from a loaded session and the bundle manifest.
+
+    ``device`` is "cpu" or "cuda": where the runner should keep its KV cache.
+    """
+
+    def __call__(
+        self,
+        session: ort.InferenceSession,
+        manifest: Manifest,
+        *,
+        device: str = "cpu",
+        device_id: int = 0,
+    ) -> DecoderRunner: ...
+
+
+def _registry() -> dict[str, RunnerFactory]:
+    from edge_runtime.engine.runners.optimum import OptimumRunner
+
+    return {
+        "optimum": OptimumRunner,
+    }
+
+
+RUNNERS: dict[str, RunnerFactory] = _registry()
+"""Graph kind (``manifest.graph.kind``) -> runner class."""

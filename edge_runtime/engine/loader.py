@@ -1,0 +1,82 @@
+"""Load a bundle into an :class:`OnnxEngine`: verify, then tokenizer, template, session, runner."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from edge_runtime.bundle.manifest import Manifest
+from edge_runtime.bundle.verify import verify_bundle
+from edge_runtime.engine.chat_template import ChatTemplate
+from edge_runtime.engine.defaults import GenerationDefaults
+from edge_runtime.engine.engine import LoadReport, OnnxEngine
+from edge_runtime.engine.options import EngineOptions
+from edge_runtime.engine.providers import (
+    CUDA,
+    TENSORRT,
+    check_session_providers,
+    plan_providers,
+)
+from edge_runtime.engine.runners import RUNNERS, RunnerFactory
+from edge_runtime.engine.session import create_session, default_threads
+from edge_runtime.engine.tokenizer import Tokenizer
+from edge_runtime.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+
+def _runner_factory(manifest: Manifest) -> RunnerFactory:
+    factory = RUNNERS.get(manifest.graph.kind)
+    if factory is None:
+        raise BundleError(
+            f"graph kind {manifest.graph.kind!r} is not supported by this runtime "
+            f"(it runs: {', '.join(sorted(RUNNERS))})"
+        )
+    return factory
+
+
+def _template(root: Path, manifest: Manifest, tokenizer: Tokenizer) -> ChatTemplate | None:
+    if not manifest.chat_template_file:
+        return None
+    arch = manifest.architecture
+    bos = tokenizer.token_text(arch.bos_token_id) if arch.bos_token_id is not None else None
+    eos = tokenizer.token_text(arch.eos_token_ids[0]) if arch.eos_token_ids else None
+    return ChatTemplate.from_file(
+        root / manifest.chat_template_file, bos_token=bos or "", eos_token=eos or ""
+    )
+
+
+def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) -> OnnxEngine:
+    """Verify the bundle at ``bundle_dir`` and load it for generation.
+
+    Raises :class:`BundleError` for a bad bundle, :class:`ProviderUnavailable` when a
+    required execution provider is missing, :class:`ModelUnavailable` when onnxruntime
+    cannot load the graph.
+    """
+    options = options or EngineOptions()
+    started = time.perf_counter()
+    root = Path(bundle_dir)
+    manifest = verify_bundle(root, check_hashes=options.verify_hashes)
+    factory = _runner_factory(manifest)
+    arch = manifest.architecture
+    tokenizer = Tokenizer(
+        root / manifest.tokenizer_file, bos_id=arch.bos_token_id, add_bos=arch.add_bos_token
+    )
+    template = _template(root, manifest, tokenizer)
+    defaults = GenerationDefaults.from_file(root / manifest.generation_file)
+    plan = plan_providers(options)
+    model_sha = manifest.files[manifest.model_file].sha256
+    session, cache_hit = create_session(root / manifest.model_file, model_sha, plan, options)
+    active = tuple(session.get_providers())
+    check_session_providers(plan, active, options.require)
+    device = "cuda" if CUDA in active or TENSORRT in active else "cpu"
+    runner = factory(session, manifest, device=device, device_id=options.device_id)
+    report = LoadReport(
+        providers=active,
+        load_s=time.perf_counter() - started,
+        optimized_cache_hit=cache_hit,
+        threads=options.threads or default_threads(),
+    )
+    log.info("loaded %s on %s in %.2fs", manifest.name, active[0], report.load_s)
+    return OnnxEngine(root, manifest, runner, tokenizer, template, defaults, report)

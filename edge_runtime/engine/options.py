@@ -1,0 +1,41 @@
+"""How to load a bundle: execution provider, threads, caches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_runtime.errors import ConfigError
+
+PROVIDER_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "tensorrt")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Options for :func:`edge_runtime.engine.load_engine`.
+
+    ``provider`` "auto" takes CUDA when this onnxruntime build has it, else the CPU.
+    ``require`` turns a missing provider into :class:`errors.ProviderUnavailable` instead of a
+    fallback to the CPU. ``threads`` None uses every core this process may run on.
+    ``optimized_model_dir`` caches ONNX Runtime's optimized graph for a fast cold start.
+    """
+
+    provider: str = "auto"
+    require: bool = False
+    threads: int | None = None
+    device_id: int = 0
+    fp16: bool = False
+    trt_cache_dir: Path | None = None
+    trt_workspace_mb: int = 1024
+    optimized_model_dir: Path | None = None
+    verify_hashes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDER_CHOICES:
+            raise ConfigError(
+                f"provider {self.provider!r} is not one of {', '.join(PROVIDER_CHOICES)}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, not {self.threads}")
+        if self.trt_workspace_mb < 1:
+            raise ConfigError("trt_workspace_mb must be positive")

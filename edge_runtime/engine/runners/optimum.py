@@ -1,0 +1,139 @@
+"""Runner for graphs exported by optimum: past/present KV tensors grown by concatenation.
+
+The KV cache never passes through numpy: ONNX Runtime allocates each step's ``present``
+outputs (on the device that runs the graph) and those OrtValues are bound as the next
+step's ``past`` inputs as they are. Only the logits come back to the host, and with a
+``logits_last_only`` graph only the last position's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_runtime.bundle.manifest import Manifest
+from edge_runtime.errors import BundleError, ContextLengthExceeded
+
+_KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def _layer_names(template: str, layers: int) -> list[str]:
+    return [template.format(layer=i) for i in range(layers)]
+
+
+class OptimumRunner:
+    """One sequence on an optimum decoder graph, with its KV cache kept in ORT buffers."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        manifest: Manifest,
+        *,
+        device: str = "cpu",
+        device_id: int = 0,
+    ) -> None:
+        spec, arch = manifest.graph, manifest.architecture
+        if spec.kv_dtype not in _KV_DTYPES:
+            raise BundleError(f"graph kv_dtype {spec.kv_dtype!r} is not supported")
+        self._session = session
+        self._spec = spec
+        self._device, self._device_id = device, device_id
+        self._kv_dtype = _KV_DTYPES[spec.kv_dtype]
+        self._kv_shape = (1, arch.num_kv_heads, 0, arch.head_dim)
+        self._max_length = arch.context_length
+        self._past_names = [
+            name
+            for pair in zip(
+                _layer_names(spec.past_key, arch.num_layers),
+                _layer_names(spec.past_value, arch.num_layers),
+                strict=True,
+            )
+            for name in pair
+        ]
+        self._present_names = [
+            name
+            for pair in zip(
+                _layer_names(spec.present_key, arch.num_layers),
+                _layer_names(spec.present_value, arch.num_layers),
+                strict=True,
+            )
+            for name in pair
+        ]
+        self._check_graph()
+        self._mask = np.ones((1, self._max_length), dtype=np.int64)
+        self._positions = np.arange(self._max_length, dtype=np.int64)[None, :]
+        self._binding = session.io_binding()
+        self._past: list[ort.OrtValue] = []
+        self._length = 0
+        self.reset()
+
+    def _check_graph(self) -> None:
+        inputs = {i.name for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        wanted_in = [self._spec.input_ids, *self._past_names]
+        wanted_in += [n for n in (self._spec.attention_mask, self._spec.position_ids) if n]
+        missing = [n for n in wanted_in if n not in inputs]
+        missing += [n for n in [self._spec.logits, *self._present_names] if n not in outputs]
+        if missing:
+            raise BundleError(
+                f"the model graph lacks what the manifest names: {', '.join(missing[:6])}"
+            )
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def reset(self) -> None:
+        empty = np.zeros(self._kv_shape, dtype=self._kv_dtype)
+        self._past = [
+            ort.OrtValue.ortvalue_from_numpy(empty, self._device, self._device_id)
+            for _ in self._past_names
+        ]
+        self._length = 0
+
+    def forward(self, token_ids: np.ndarray) -> np.ndarray:
+        """Append ``token_ids`` [n] to the sequence; return float32 logits [vocab] for the last."""
+        count = int(token_ids.shape[0])
+        if count == 0:
+            raise ValueError("forward() needs at least one token")
+        total = self._length + count
+        if total > self._max_length:
+            raise ContextLengthExceeded(total, self._max_length)
+        self._bind_inputs(np.ascontiguousarray(token_ids, dtype=np.int64)[None, :], total)
+        self._bind_outputs()
+        self._session.run_with_iobinding(self._binding)
+        outputs = self._binding.get_outputs()
+        logits: np.ndarray = outputs[0].numpy()
+        self._past = list(outputs[1:])
+        self._length = total
+        self._binding.clear_binding_inputs()
+        self._binding.clear_binding_outputs()
+        return np.asarray(logits[0, -1], dtype=np.float32)
+
+    def _bind_inputs(self, ids: np.ndarray, total: int) -> None:
+        binding, spec = self._binding, self._spec
+        binding.bind_cpu_input(spec.input_ids, ids)
+        if spec.attention_mask:
+            binding.bind_cpu_input(spec.attention_mask, self._mask[:, :total])
+        if spec.position_ids:
+            binding.bind_cpu_input(spec.position_ids, self._positions[:, self._length : total])
+        for name, value in zip(self._past_names, self._past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+
+    def _bind_outputs(self) -> None:
+        self._binding.bind_output(self._spec.logits, "cpu")
+        for name in self._present_names:
+            self._binding.bind_output(name, self._device, self._device_id)
+
+    def debug_state(self) -> dict[str, Any]:
+        """Return the cache length and the shapes ORT holds for layer 0 (for tests)."""
+        return {
+            "length": self._length,
+            "past_shape": self._past[0].shape() if self._past else None,
+        }

@@ -1,0 +1,121 @@
+"""Create the ONNX Runtime session, reusing a cached optimized graph when there is one.
+
+Optimizing a quantized decoder takes seconds at every start. The first load saves the graph
+ONNX Runtime produced (``optimized_model_filepath``); later loads read that with
+optimizations off. The highest optimization level bakes in the CPU's layout, so the cache
+key holds the model's sha256, the onnxruntime version, the providers and the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edge_runtime.engine.options import EngineOptions
+from edge_runtime.engine.providers import TENSORRT, ProviderPlan
+from edge_runtime.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+CACHED_MODEL = "model.onnx"
+_CACHED_DATA = "model.onnx.data"
+
+
+def cpu_fingerprint() -> str:
+    """Describe this CPU (model and feature flags) as a short stable string."""
+    facts = [platform.machine()]
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip().lower()
+            if key in ("model name", "flags", "features", "cpu part", "cpu implementer"):
+                facts.append(line)
+                if len(facts) > 4:
+                    break
+    return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+
+
+def cache_key(model_sha256: str, plan: ProviderPlan) -> str:
+    """Return the cache entry name for a model under ``plan`` on this machine."""
+    parts = [model_sha256, ort.__version__, ",".join(plan.providers), cpu_fingerprint()]
+    material = "|".join(parts)
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def default_threads() -> int:
+    """Return how many cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _session_options(options: EngineOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return so
+
+
+def _open(path: Path, so: ort.SessionOptions, plan: ProviderPlan) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=plan.as_session_args())
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelUnavailable(f"onnxruntime cannot load {path.name}: {exc}") from exc
+
+
+def create_session(
+    model_path: Path, model_sha256: str, plan: ProviderPlan, options: EngineOptions
+) -> tuple[ort.InferenceSession, bool]:
+    """Return the session and whether it came from the optimized-graph cache."""
+    so = _session_options(options)
+    cache_dir = options.optimized_model_dir
+    if cache_dir is None or plan.primary == TENSORRT:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return _open(model_path, so, plan), False
+    entry = Path(cache_dir) / cache_key(model_sha256, plan)
+    if (entry / CACHED_MODEL).is_file():
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return _open(entry / CACHED_MODEL, so, plan), True
+        except ModelUnavailable as exc:
+            log.warning("optimized graph cache %s unusable (%s); rebuilding", entry, exc)
+            shutil.rmtree(entry, ignore_errors=True)
+            so = _session_options(options)
+    return _build_cached(model_path, entry, so, plan), False
+
+
+def _build_cached(
+    model_path: Path, entry: Path, so: ort.SessionOptions, plan: ProviderPlan
+) -> ort.InferenceSession:
+    """Open ``model_path`` fully optimized and save the optimized graph under ``entry``."""
+    staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        log.warning("cannot write optimized graph cache %s (%s)", entry.parent, exc)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return _open(model_path, so, plan)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(staging / CACHED_MODEL)
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", _CACHED_DATA
+    )
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", str(1 << 20)
+    )
+    session = _open(model_path, so, plan)
+    try:
+        staging.rename(entry)
+    except OSError:  # another process finished first; keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+    return session
