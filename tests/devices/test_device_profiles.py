@@ -143,5 +143,5 @@ def test_a_profile_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
         'threads = 1\ndefault_quant = "int4"\ncontext_cap = 512\nmemory_budget_mb = 1\n'
         'memory_high_mb = 2\nmemory_max_mb = 3\ngpu = true\n'
     )
-    with pytest.raises(ProfileError, match="unknown field.*gpu"):
+    with pytest.raises(ProfileError, match=r"unknown field.*gpu"):
         profile_from_toml(path)
