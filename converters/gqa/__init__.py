@@ -45,7 +45,11 @@ def export(hf_dir: Path, out_dir: Path, *, max_length: int) -> GraphSpec:
     out.mkdir(parents=True, exist_ok=True)
     (out / DATA_FILE).unlink(missing_ok=True)
     onnx.save_model(
-        model, str(out / MODEL_FILE), save_as_external_data=True,
-        all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024,
+        model,
+        str(out / MODEL_FILE),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_FILE,
+        size_threshold=1024,
     )
     return graph_spec()

@@ -11,6 +11,7 @@ lm_head.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ class LlamaDecoder:
 
     qkv_bias = False
 
-    def __init__(self, hf_dir: Path, cfg: DecoderConfig, raw: dict[str, object], max_length: int):
+    def __init__(self, hf_dir: Path, cfg: DecoderConfig, raw: dict[str, Any], max_length: int):
         self.hf_dir = Path(hf_dir)
         self.cfg = cfg
         self.raw = raw
@@ -49,7 +50,9 @@ class LlamaDecoder:
         for i in range(self.cfg.num_layers):
             normed, residual = self._norm(f"model.layers.{i}.input_layernorm", update, residual)
             attn = self._attention(i, normed, seqlens, total)
-            normed, residual = self._norm(f"model.layers.{i}.post_attention_layernorm", attn, residual)
+            normed, residual = self._norm(
+                f"model.layers.{i}.post_attention_layernorm", attn, residual
+            )
             update = self._mlp(i, normed)
         self._head(update, residual)
         return self.g.model()
@@ -58,7 +61,12 @@ class LlamaDecoder:
         g, c = self.g, self.cfg
         g.add_input("input_ids", INT64, ["batch_size", "sequence_length"])
         g.add_input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
-        kv_shape = ["batch_size", c.num_kv_heads, "max_sequence_length", c.head_dim]
+        kv_shape: list[int | str] = [
+            "batch_size",
+            c.num_kv_heads,
+            "max_sequence_length",
+            c.head_dim,
+        ]
         for i in range(c.num_layers):
             for part in ("key", "value"):
                 g.add_input(f"past_key_values.{i}.{part}", FLOAT, kv_shape)
@@ -80,13 +88,21 @@ class LlamaDecoder:
         name = "/" + prefix.replace(".", "/")
         if update is None:
             out = self.g.op1(
-                "SimplifiedLayerNormalization", [residual, scale], name, axis=-1, epsilon=eps,
+                "SimplifiedLayerNormalization",
+                [residual, scale],
+                name,
+                axis=-1,
+                epsilon=eps,
                 stash_type=1,
             )
             return out, residual
         outs = self.g.op(
-            "SkipSimplifiedLayerNormalization", [update, residual, scale], name,
-            outputs=[f"{name}/out0", "", "", f"{name}/out3"], domain=MS_DOMAIN, epsilon=eps,
+            "SkipSimplifiedLayerNormalization",
+            [update, residual, scale],
+            name,
+            outputs=[f"{name}/out0", "", "", f"{name}/out3"],
+            domain=MS_DOMAIN,
+            epsilon=eps,
         )
         return outs[0], outs[3]
 
@@ -96,20 +112,40 @@ class LlamaDecoder:
         packed = np.concatenate(
             [self.w.linear(f"{p}.{n}_proj.weight") for n in ("q", "k", "v")], axis=1
         )
-        qkv = g.op1("MatMul", [x, g.weight(f"{p}.qkv_proj.MatMul.weight", packed)], f"/{p}/qkv_proj/MatMul")
+        qkv = g.op1(
+            "MatMul", [x, g.weight(f"{p}.qkv_proj.MatMul.weight", packed)], f"/{p}/qkv_proj/MatMul"
+        )
         if self.has_qkv_bias():
             bias = np.concatenate([self.w.get(f"{p}.{n}_proj.bias") for n in ("q", "k", "v")])
             qkv = g.op1("Add", [qkv, g.weight(f"{p}.qkv_proj.bias", bias)], f"/{p}/qkv_proj/Add")
         outs = g.op(
             "GroupQueryAttention",
-            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total,
-             "rotary.cos_cache", "rotary.sin_cache"],
+            [
+                qkv,
+                "",
+                "",
+                f"past_key_values.{i}.key",
+                f"past_key_values.{i}.value",
+                seqlens,
+                total,
+                "rotary.cos_cache",
+                "rotary.sin_cache",
+            ],
             f"/{p}/GroupQueryAttention",
             outputs=[f"/{p}/GroupQueryAttention/out0", f"present.{i}.key", f"present.{i}.value"],
-            domain=MS_DOMAIN, num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, do_rotary=1,
-            rotary_interleaved=0, scale=float(c.head_dim**-0.5),
+            domain=MS_DOMAIN,
+            num_heads=c.num_heads,
+            kv_num_heads=c.num_kv_heads,
+            do_rotary=1,
+            rotary_interleaved=0,
+            scale=float(c.head_dim**-0.5),
         )
-        kv_shape = ["batch_size", c.num_kv_heads, "max_sequence_length", c.head_dim]
+        kv_shape: list[int | str] = [
+            "batch_size",
+            c.num_kv_heads,
+            "max_sequence_length",
+            c.head_dim,
+        ]
         g.add_output(f"present.{i}.key", FLOAT, kv_shape)
         g.add_output(f"present.{i}.value", FLOAT, kv_shape)
         o_w = g.weight(f"{p}.o_proj.MatMul.weight", self.w.linear(f"{p}.o_proj.weight"))
@@ -122,7 +158,9 @@ class LlamaDecoder:
             [self.w.linear(f"{p}.gate_proj.weight"), self.w.linear(f"{p}.up_proj.weight")], axis=1
         )
         gate_up = g.op1(
-            "MatMul", [x, g.weight(f"{p}.gate_up_proj.MatMul.weight", packed)], f"/{p}/gate_up_proj/MatMul"
+            "MatMul",
+            [x, g.weight(f"{p}.gate_up_proj.MatMul.weight", packed)],
+            f"/{p}/gate_up_proj/MatMul",
         )
         sizes = g.const_i64(f"{p}.split_sizes", [size, size])
         gate, up = g.op("Split", [gate_up, sizes], f"/{p}/Split", outputs=2, axis=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -44,7 +45,7 @@ class GraphBuilder:
         *,
         outputs: int | Sequence[str] = 1,
         domain: str = "",
-        **attrs: object,
+        **attrs: Any,
     ) -> list[str]:
         """Add one node named ``name``; return its output names (``name/out0``, ...).
 
@@ -60,7 +61,7 @@ class GraphBuilder:
         )
         return outs
 
-    def op1(self, op_type: str, inputs: Sequence[str], name: str, **attrs: object) -> str:
+    def op1(self, op_type: str, inputs: Sequence[str], name: str, **attrs: Any) -> str:
         """Add a node with one output and return that output's name."""
         return self.op(op_type, inputs, name, **attrs)[0]
 

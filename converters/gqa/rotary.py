@@ -25,7 +25,9 @@ def rope_tables(hf_dir: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     scaling = getattr(config, "rope_scaling", None) or {}
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type not in STATIC_ROPE_TYPES:
-        raise UnsupportedArchitecture(f"rope scaling {rope_type!r} is not supported by the gqa graph")
+        raise UnsupportedArchitecture(
+            f"rope scaling {rope_type!r} is not supported by the gqa graph"
+        )
     inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
     # Same float32 arithmetic as the PyTorch model, so the tables match it bit for bit.
     positions = torch.arange(max_length, dtype=torch.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class DecoderConfig:
     context_length: int
 
 
-def read_config(hf_dir: Path) -> dict[str, object]:
+def read_config(hf_dir: Path) -> dict[str, Any]:
     """Return ``config.json`` as a dict."""
     path = Path(hf_dir) / "config.json"
     try:
@@ -39,22 +40,22 @@ def read_config(hf_dir: Path) -> dict[str, object]:
     return data
 
 
-def decoder_config(cfg: dict[str, object]) -> DecoderConfig:
+def decoder_config(cfg: dict[str, Any]) -> DecoderConfig:
     """Pick the decoder shape out of a HF config dict."""
-    heads = int(cfg["num_attention_heads"])  # type: ignore[call-overload]
-    hidden = int(cfg["hidden_size"])  # type: ignore[call-overload]
+    heads = int(cfg["num_attention_heads"])
+    hidden = int(cfg["hidden_size"])
     head_dim = cfg.get("head_dim") or hidden // heads
     return DecoderConfig(
         model_type=str(cfg["model_type"]),
-        num_layers=int(cfg["num_hidden_layers"]),  # type: ignore[call-overload]
+        num_layers=int(cfg["num_hidden_layers"]),
         hidden_size=hidden,
-        intermediate_size=int(cfg["intermediate_size"]),  # type: ignore[call-overload]
+        intermediate_size=int(cfg["intermediate_size"]),
         num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),  # type: ignore[call-overload]
-        head_dim=int(head_dim),  # type: ignore[call-overload]
-        vocab_size=int(cfg["vocab_size"]),  # type: ignore[call-overload]
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),  # type: ignore[arg-type]
-        context_length=int(cfg.get("max_position_embeddings", 2048)),  # type: ignore[call-overload]
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(head_dim),
+        vocab_size=int(cfg["vocab_size"]),
+        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        context_length=int(cfg.get("max_position_embeddings", 2048)),
     )
 
 
@@ -66,9 +67,11 @@ class Weights:
 
         files = sorted(Path(hf_dir).glob("*.safetensors"))
         if not files:
-            raise SourceError(f"{hf_dir}: no *.safetensors weights (convert .bin checkpoints first)")
+            raise SourceError(
+                f"{hf_dir}: no *.safetensors weights (convert .bin checkpoints first)"
+            )
         self._handles = [safe_open(str(f), framework="pt") for f in files]
-        self._where = {k: h for h in self._handles for k in h.keys()}
+        self._where = {k: h for h in self._handles for k in h.keys()}  # noqa: SIM118 (safe_open handles are not dicts)
 
     def has(self, name: str) -> bool:
         return name in self._where
