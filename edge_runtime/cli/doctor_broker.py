@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ def probe_broker(broker: BrokerConfig, password: str | None, timeout: float = 3.
         deadline = time.monotonic() + timeout
         while "reason" not in answer and time.monotonic() < deadline:
             client.loop(timeout=0.1)
-    except (OSError, ssl.SSLError, socket.timeout) as exc:
+    except (OSError, ssl.SSLError) as exc:
         return ProbeResult(False, f"cannot connect: {exc}")
     finally:
         client.disconnect()
