@@ -1,0 +1,176 @@
+"""The paho-mqtt (v2 callback API) transport: MQTT v5 by default, 3.1.1 on request.
+
+Callbacks only turn paho's arguments into events on the daemon's queue; they never raise
+and never do work. Inbound QoS 1 messages are acknowledged manually (``ack``) once the
+daemon has recorded them. The session is persistent (clean start off, session expiry set),
+so messages that arrive while the daemon is down, or were delivered but not yet
+acknowledged, are delivered again when it comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_runtime.config import BrokerConfig, resolve_secret
+from edge_runtime.service.protocol import Inbound
+from edge_runtime.service.transport import (
+    Connected,
+    Disconnected,
+    EventQueue,
+    MessageArrived,
+    Published,
+    Subscribed,
+    TransportEvent,
+    Will,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PahoTransport:
+    """A :class:`~edge_runtime.service.transport.Transport` over paho-mqtt."""
+
+    def __init__(self, config: BrokerConfig, client_id: str, events: EventQueue) -> None:
+        self._config = config
+        self._events: EventQueue = events
+        self.v5 = config.protocol == "5"
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else False,
+            manual_ack=True,
+        )
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(
+            max(1, int(config.reconnect_min_s)), max(1, int(config.reconnect_max_s))
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._configure_security()
+
+    def _configure_security(self) -> None:
+        cfg = self._config
+        if cfg.username:
+            self._client.username_pw_set(cfg.username, cfg.password())
+        if cfg.uses_tls:
+            tls = cfg.tls
+            context = ssl.create_default_context(
+                cafile=str(resolve_secret(tls.ca_file)) if tls.ca_file else None
+            )
+            if tls.cert_file and tls.key_file:
+                context.load_cert_chain(
+                    str(resolve_secret(tls.cert_file)), str(resolve_secret(tls.key_file))
+                )
+            self._client.tls_set_context(context)
+
+    def _put(self, event: TransportEvent) -> None:
+        self._events.put(event)
+
+    # paho callbacks: enqueue only, never raise.
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        try:
+            ok = not reason.is_failure
+            self._put(Connected(ok, str(reason), bool(getattr(flags, "session_present", False))))
+        except Exception:  # a callback must never raise
+            log.exception("connect callback")
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        try:
+            self._put(Disconnected(str(reason)))
+        except Exception:
+            log.exception("disconnect callback")
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
+        try:
+            self._put(Subscribed(mid, all(not r.is_failure for r in reasons)))
+        except Exception:
+            log.exception("subscribe callback")
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        try:
+            self._put(Published(mid))
+        except Exception:
+            log.exception("publish callback")
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            self._put(MessageArrived(self._inbound(msg)))
+        except Exception:
+            log.exception("message callback")
+
+    def _inbound(self, msg: paho.MQTTMessage) -> Inbound:
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        expiry = getattr(props, "MessageExpiryInterval", None) if props else None
+        return Inbound(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            qos=msg.qos,
+            retain=bool(msg.retain),
+            mid=msg.mid,
+            response_topic=response_topic,
+            correlation_data=bytes(correlation) if correlation is not None else None,
+            expiry_s=int(expiry) if expiry is not None else None,
+        )
+
+    def connect(self, will: Will | None) -> None:
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=1, retain=True)
+        properties = None
+        if self.v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self._config.session_expiry_s
+        self._client.connect_async(
+            self._config.host,
+            self._config.port,
+            keepalive=self._config.keepalive,
+            clean_start=False if self.v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        self._client.loop_start()
+
+    def subscribe(self, topics: list[str]) -> int:
+        if self.v5:
+            # Retained messages only on a new subscription; see retained requests as retained.
+            options = SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=1)
+            _, mid = self._client.subscribe([(t, options) for t in topics])
+        else:
+            _, mid = self._client.subscribe([(t, 1) for t in topics])
+        return int(mid or 0)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+    ) -> int:
+        properties = None
+        if self.v5 and correlation_data is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation_data
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        return int(info.mid)
+
+    def ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self._client.ack(mid, qos)
+
+    def disconnect(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

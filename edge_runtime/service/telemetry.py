@@ -1,0 +1,86 @@
+"""Counters and the status, info and stats payloads the daemon publishes."""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_runtime import __version__
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    accepted: int = 0
+    answered: int = 0
+    replayed: int = 0
+    unanswerable: int = 0
+    store_errors: int = 0
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    tokens: int = 0
+    decode_s: float = 0.0
+    last_tokens_per_s: float | None = None
+
+    def generation(self, tokens: int, decode_s: float) -> None:
+        """Account one finished generation."""
+        self.tokens += tokens
+        self.decode_s += decode_s
+        if tokens > 1 and decode_s > 0:
+            self.last_tokens_per_s = round((tokens - 1) / decode_s, 2)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received, "accepted": self.accepted, "answered": self.answered,
+            "replayed": self.replayed, "unanswerable": self.unanswerable,
+            "store_errors": self.store_errors, "errors": dict(self.errors),
+            "tokens_generated": self.tokens,
+        }
+
+
+def rss_mb() -> float | None:
+    """Return this process's resident memory in MB (Linux), or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, default=str).encode()
+
+
+def status_payload(state: str, device: str, model: str | None, queue_depth: int) -> bytes:
+    return _dump({
+        "state": state, "device": device, "model": model, "queue_depth": queue_depth,
+        "ts": round(time.time(), 3),
+    })
+
+
+def info_payload(device: str, engine_info: dict[str, object], limits: dict[str, Any]) -> bytes:
+    return _dump({
+        "device": device, "version": __version__, "model": engine_info, "limits": limits,
+        "protocols": ["5", "3.1.1"],
+    })
+
+
+def stats_payload(
+    device: str, counters: Counters, queue_depth: int, queue_size: int, outbox: int,
+    started: float,
+) -> bytes:
+    avg = (
+        round(counters.tokens / counters.decode_s, 2) if counters.decode_s > 0 else None
+    )
+    return _dump({
+        "device": device, "ts": round(time.time(), 3),
+        "uptime_s": round(time.monotonic() - started, 1),
+        "queue_depth": queue_depth, "queue_size": queue_size, "outbox": outbox,
+        "tokens_per_s": counters.last_tokens_per_s, "tokens_per_s_avg": avg,
+        "rss_mb": rss_mb(), "counters": counters.as_dict(),
+    })

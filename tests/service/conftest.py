@@ -1,0 +1,88 @@
+"""Fixtures for the service tests: a real broker, the tiny bundle, daemon subprocesses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures.broker import BrokerAuth, MosquittoBroker
+from tests.service.daemon_proc import DaemonProcess
+from tests.service.mqtt_client import Probe
+
+DEVICE = "dev1"
+
+
+@pytest.fixture(scope="session")
+def service_bundle(tiny_bundle: Callable[..., Path]) -> Path:
+    """The tiny random llama bundle (fp32): real ONNX, real tokenizer, milliseconds a token."""
+    return tiny_bundle("llama", "fp32")
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
+    started: list[MosquittoBroker] = []
+
+    def make(auth: BrokerAuth | None = None) -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path / f"broker{len(started)}", auth)
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    return broker_factory()
+
+
+def base_config(broker: MosquittoBroker, bundle: Path, state: Path) -> dict[str, dict[str, Any]]:
+    return {
+        "broker": {"url": broker.url, "reconnect_min_s": 1, "reconnect_max_s": 2},
+        "service": {
+            "device_id": DEVICE, "state_dir": str(state), "stats_interval_s": 1.0,
+            "default_max_tokens": 16, "max_max_tokens": 230, "shutdown_grace_s": 5.0,
+        },
+        "model": {"bundle": str(bundle)},
+        "engine": {"threads": 1},
+    }
+
+
+@pytest.fixture
+def daemon_factory(
+    tmp_path: Path, service_bundle: Path
+) -> Iterator[Callable[..., DaemonProcess]]:
+    """Return ``make(broker, **section_overrides)`` -> a started daemon; all are killed at the end."""
+    made: list[DaemonProcess] = []
+
+    def make(target: MosquittoBroker, start: bool = True, **sections: dict[str, Any]):
+        folder = tmp_path / f"daemon{len(made)}"
+        config = base_config(target, service_bundle, tmp_path / "state")
+        for section, values in sections.items():
+            config.setdefault(section, {}).update(values)
+        proc = DaemonProcess(folder, config)
+        made.append(proc)
+        return proc.start() if start else proc
+
+    yield make
+    for proc in made:
+        proc.kill()
+
+
+@pytest.fixture
+def client_factory() -> Iterator[Callable[..., Probe]]:
+    made: list[Probe] = []
+
+    def make(port: int, **kwargs: Any) -> Probe:
+        client = Probe(port, **kwargs).connect()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
