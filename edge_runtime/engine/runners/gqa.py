@@ -1,0 +1,144 @@
+"""Run a ``gqa`` graph: GroupQueryAttention over preallocated KV buffers, no per-token copies.
+
+Every layer's keys and values live in one numpy array per layer, ``[slots, kv_heads,
+max_length, head_dim]``, allocated once (pages are only touched as tokens arrive). The
+graph's ``past_key_values.N.*`` input and ``present.N.*`` output are bound to the same
+slice of that array, so GroupQueryAttention writes each new token's keys in place. The
+tokens, the attention mask and the logits go through small reused buffers.
+
+:class:`GqaSlots` runs several sequences (one per slot) in one forward; :class:`GqaRunner`
+is the single-sequence :class:`DecoderRunner` built on it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_runtime.bundle.manifest import Architecture, GraphSpec
+from edge_runtime.errors import ContextLengthExceeded
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+
+class GqaSlots:
+    """Several sequences sharing one session, each in its own KV slot.
+
+    :meth:`run` feeds ``tokens`` [n, seq] to the contiguous slots ``start .. start+n`` whose
+    caches hold ``lengths`` tokens before the call, and returns float32 logits [n, vocab]
+    for each row's last token. Callers keep track of the lengths.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        spec: GraphSpec,
+        arch: Architecture,
+        *,
+        slots: int,
+        max_length: int,
+    ) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.session = session
+        self.spec = spec
+        self.slots = slots
+        self.max_length = max_length
+        self.vocab_size = arch.vocab_size
+        shape = (slots, arch.num_kv_heads, max_length, arch.head_dim)
+        dtype = np.dtype(spec.kv_dtype)
+        self.keys = [np.zeros(shape, dtype) for _ in range(arch.num_layers)]
+        self.values = [np.zeros(shape, dtype) for _ in range(arch.num_layers)]
+        self._logits = np.zeros((slots, 1, arch.vocab_size), np.float32)
+        self._ones = np.ones((1, max_length), np.int64)
+        self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, ort.OrtValue]] = {}
+        self._feeds: list[object] = []
+
+    def _binding(self, start: int, stop: int) -> tuple[ort.IOBinding, ort.OrtValue]:
+        """Return the IOBinding with the KV of slots ``start:stop`` bound (built once)."""
+        key = (start, stop)
+        if key not in self._bindings:
+            from_numpy = self._ort.OrtValue.ortvalue_from_numpy
+            io = self.session.io_binding()
+            for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+                for past, present, buf in (
+                    (self.spec.past_key, self.spec.present_key, k),
+                    (self.spec.past_value, self.spec.present_value, v),
+                ):
+                    value = from_numpy(buf[start:stop])
+                    io.bind_ortvalue_input(past.format(layer=layer), value)
+                    io.bind_ortvalue_output(present.format(layer=layer), value)
+            logits = from_numpy(self._logits[: stop - start])
+            io.bind_ortvalue_output(self.spec.logits, logits)
+            self._bindings[key] = (io, logits)
+        return self._bindings[key]
+
+    def _mask(self, lengths: np.ndarray, new: int) -> np.ndarray:
+        totals = lengths + new
+        if len(totals) == 1:
+            return self._ones[:, : int(totals[0])]
+        width = int(totals.max())
+        return (np.arange(width)[None, :] < totals[:, None]).astype(np.int64)
+
+    def run(self, start: int, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Append ``tokens`` [n, seq] to slots ``start:start+n``; return last logits [n, vocab]."""
+        n, new = tokens.shape
+        if start < 0 or start + n > self.slots:
+            raise IndexError(f"slots {start}..{start + n} out of 0..{self.slots}")
+        longest = int(lengths.max()) + new
+        if longest > self.max_length:
+            raise ContextLengthExceeded(longest, self.max_length)
+        io, _ = self._binding(start, start + n)
+        from_numpy = self._ort.OrtValue.ortvalue_from_numpy
+        # The OrtValues borrow the arrays' memory: keep both alive until the next run.
+        ids = np.ascontiguousarray(tokens, dtype=np.int64)
+        mask = self._mask(np.asarray(lengths, dtype=np.int64), new)
+        self._feeds = [from_numpy(ids), from_numpy(mask), ids, mask]
+        io.bind_ortvalue_input(self.spec.input_ids, self._feeds[0])
+        io.bind_ortvalue_input(self.spec.attention_mask or "attention_mask", self._feeds[1])
+        self.session.run_with_iobinding(io)
+        return self._logits[:n, 0]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first ``length`` cached tokens of slot ``src`` into slot ``dst``."""
+        for buf in (*self.keys, *self.values):
+            buf[dst, :, :length] = buf[src, :, :length]
+
+
+class GqaRunner:
+    """One sequence over a gqa graph: the :class:`DecoderRunner` for ``kind == "gqa"``."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        spec: GraphSpec,
+        arch: Architecture,
+        max_length: int,
+    ) -> None:
+        self.slots = GqaSlots(session, spec, arch, slots=1, max_length=max_length)
+        self._length = 0
+
+    @property
+    def max_length(self) -> int:
+        return self.slots.max_length
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def reset(self) -> None:
+        # Stale keys past the new length are never read: the mask bounds attention.
+        self._length = 0
+
+    def forward(self, token_ids: np.ndarray) -> np.ndarray:
+        """Append ``token_ids`` [n] and return a copy of the last token's logits [vocab]."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
+        if ids.shape[1] == 0:
+            raise ValueError("forward() needs at least one token")
+        lengths = np.array([self._length], dtype=np.int64)
+        logits = self.slots.run(0, ids, lengths)
+        self._length += ids.shape[1]
+        return logits[0].copy()
