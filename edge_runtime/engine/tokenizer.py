@@ -10,6 +10,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from edge_runtime.errors import BundleError
 
 _REPLACEMENT = "\ufffd"
+_MAX_CHAR_BYTES = 4  # held tokens after which U+FFFD is taken as really invalid bytes
 _CONTEXT_TOKENS = 5  # prompt tokens kept as decoding context, so leading spaces survive
 
 
@@ -55,7 +56,8 @@ class IncrementalDetokenizer:
 
     Each push decodes a small window: the text of ``ids[prefix:]`` minus the text of
     ``ids[prefix:read]``. While that text ends in U+FFFD (a character whose bytes are not
-    all there yet) nothing is released; the next token completes it.
+    all there yet) nothing is released; the next token completes it. After four held tokens
+    (the longest UTF-8 character) the bytes are taken as invalid and released as U+FFFD.
     """
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = ()) -> None:
@@ -72,7 +74,8 @@ class IncrementalDetokenizer:
         self._ids.append(token_id)
         done = self._tok.decode(self._ids[self._prefix : self._read])
         text = self._tok.decode(self._ids[self._prefix :])
-        if len(text) <= len(done) or text.endswith(_REPLACEMENT):
+        waiting = text.endswith(_REPLACEMENT) and len(self._ids) - self._read < _MAX_CHAR_BYTES
+        if len(text) <= len(done) or waiting:
             return ""
         self._prefix, self._read = self._read, len(self._ids)
         return text[len(done) :]
