@@ -128,7 +128,7 @@ def test_chat_messages_and_their_misuse(tiny_engine: Callable[..., OnnxEngine]) 
     with pytest.raises(BadRequest):
         engine.generate(messages, GREEDY, chat=False)  # type: ignore[arg-type]
     with pytest.raises(BadRequest):
-        engine.generate([{"role": "user"}], GREEDY)  # type: ignore[list-item]
+        engine.generate([{"role": "user"}], GREEDY)  # type: ignore[typeddict-item]
 
 
 def test_over_long_prompt_is_refused_with_the_numbers(

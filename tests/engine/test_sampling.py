@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ PROBS = np.array([0.5, 0.3, 0.15, 0.05])
 LOGITS = np.log(PROBS).astype(np.float32)
 
 
-def dist(**kwargs: float) -> np.ndarray:
+def dist(**kwargs: Any) -> np.ndarray:
     return filtered_distribution(LOGITS, SamplerConfig(**{"temperature": 1.0, **kwargs}))
 
 

@@ -10,7 +10,7 @@ from edge_runtime.engine.tokenizer import Tokenizer
 from tests.fixtures.tiny_models import build_tokenizer
 
 TEXTS = [
-    "骆驼穿过沙漠，熊猫在竹林里睡觉。",
+    "骆驼穿过沙漠、熊猫在竹林里睡觉。",
     "Emoji: 🙂 🚀 ✅ 😀🎉👩‍👩‍👧 and café, naïve, Größe.",
     "陌生的汉字和🦜鹦鹉 mixed with text",
 ]
