@@ -90,7 +90,12 @@ class Profile:
             # CUDA and TensorRT compile kernels at run time (writable + executable pages).
             lines.append("MemoryDenyWriteExecute=no")
         if self.supplementary_groups:
-            lines.append(f"SupplementaryGroups={' '.join(self.supplementary_groups)}")
+            # Group ownership of the device nodes must be real inside the service.
+            lines += [f"SupplementaryGroups={' '.join(self.supplementary_groups)}",
+                      "PrivateUsers=no"]
+        if "TensorrtExecutionProvider" in self.providers:
+            # TensorRT builds its engines on the first start: allow it the time.
+            lines.append("TimeoutStartSec=30min")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
