@@ -131,3 +131,13 @@ def test_jetson_dropin_opens_only_the_gpu_nodes() -> None:
     assert all(entry.startswith("/dev/nv") for entry in dropin["DeviceAllow"])
     pi = _directives(devices.load_profile("raspberry-pi-5").systemd_dropin())
     assert "DeviceAllow" not in pi and "PrivateDevices" not in pi
+
+
+def test_example_config_is_valid_and_names_the_credential() -> None:
+    from edge_runtime.config import load_config
+
+    example = REPO / "systemd" / "config.example.toml"
+    config = load_config(example, check_files=False)
+    assert config.device.profile == "auto"
+    assert config.model.bundle is not None
+    assert "broker-password" in example.read_text()
