@@ -10,8 +10,13 @@ import pytest
 
 from tests.fixtures.broker import BrokerAuth, MosquittoBroker, User
 
-FIXTURES = Path(__file__).parent / "fixtures"
 DOCTOR_USER = User("gateway", "s3cret-pass", ("topic readwrite edge/#",))
+
+
+@pytest.fixture(scope="session")
+def doctor_user() -> User:
+    """Return the one user the auth broker accepts."""
+    return DOCTOR_USER
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import pytest
 
 import devices
 from edge_runtime.cli import main
-from tests.devices.conftest import DOCTOR_USER, FIXTURES
-from tests.fixtures.broker import MosquittoBroker, free_port
+from tests.fixtures.broker import MosquittoBroker, User, free_port
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def doctor(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, dict[str, str]]]:
@@ -82,22 +83,22 @@ def test_simulated_pi_with_an_unreachable_broker_fails(
 
 def test_wrong_and_right_credentials_are_told_apart(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, good_bundle: Path,
-    auth_broker: MosquittoBroker,
+    auth_broker: MosquittoBroker, doctor_user: User,
 ) -> None:
     secret = tmp_path / "broker-password"
     secret.write_text("not-the-password\n")
     config = write_config(tmp_path, (
-        f'[broker]\nurl = "{auth_broker.url}"\nusername = "{DOCTOR_USER.name}"\n'
+        f'[broker]\nurl = "{auth_broker.url}"\nusername = "{doctor_user.name}"\n'
         f'password_file = "{secret}"\n[model]\nbundle = "{good_bundle}"\n'
     ))
     code, checks = doctor(capsys, "--config", str(config))
     assert code == 1
     assert checks["broker"]["status"] == "FAIL"
     assert "password_file" in checks["broker"]["fix"]
-    secret.write_text(DOCTOR_USER.password + "\n")
+    secret.write_text(doctor_user.password + "\n")
     code, checks = doctor(capsys, "--config", str(config))
     assert code == 0, checks["broker"]
-    assert f"as {DOCTOR_USER.name}" in checks["broker"]["summary"]
+    assert f"as {doctor_user.name}" in checks["broker"]["summary"]
 
 
 def test_a_missing_password_file_is_a_failure(
