@@ -54,11 +54,21 @@ class RunnerFactory(Protocol):
     ) -> DecoderRunner: ...
 
 
+def _gqa(
+    session: ort.InferenceSession, manifest: Manifest, *, device: str = "cpu", device_id: int = 0
+) -> DecoderRunner:
+    from edge_runtime.engine.runners.gqa import GqaRunner
+
+    arch = manifest.architecture
+    return GqaRunner(session, manifest.graph, arch, arch.context_length)
+
+
 def _registry() -> dict[str, RunnerFactory]:
     from edge_runtime.engine.runners.optimum import OptimumRunner
 
     return {
         "optimum": OptimumRunner,
+        "gqa": _gqa,
     }
 
 

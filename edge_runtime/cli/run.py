@@ -1,0 +1,119 @@
+"""``edge-runtime run BUNDLE "prompt"``: stream an answer to the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge_runtime.engine import EngineOptions, GenerationResult, SamplingParams, load_engine
+from edge_runtime.engine.options import PROVIDER_CHOICES
+from edge_runtime.engine.types import ChatMessage, Prompt
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags that choose how a bundle is loaded."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--provider", choices=PROVIDER_CHOICES, default="auto")
+    group.add_argument(
+        "--require", action="store_true", help="fail if the provider is not available"
+    )
+    group.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    group.add_argument("--device-id", type=int, default=0, help="GPU index")
+    group.add_argument(
+        "--cache-dir", type=Path, help="keep the optimized graph here for faster starts"
+    )
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    return EngineOptions(
+        provider=args.provider,
+        require=args.require,
+        threads=args.threads,
+        device_id=args.device_id,
+        optimized_model_dir=args.cache_dir,
+    )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling (default: the bundle's generation defaults)")
+    group.add_argument("--max-tokens", type=int, help="most tokens to generate")
+    group.add_argument("--temperature", type=float, help="0 for greedy")
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--top-k", type=int)
+    group.add_argument("--min-p", type=float)
+    group.add_argument("--repetition-penalty", type=float)
+    group.add_argument("--seed", type=int)
+    group.add_argument(
+        "--stop", action="append", default=[], help="stop before this text (repeatable)"
+    )
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="answer one prompt with a bundle, streamed to the terminal",
+        description="Load BUNDLE and stream the answer to PROMPT (the chat template is applied "
+        "unless --raw).",
+    )
+    parser.add_argument("bundle", type=Path, help="bundle directory")
+    parser.add_argument("prompt", nargs="?", default="-", help="the prompt ('-' reads stdin)")
+    parser.add_argument("--raw", action="store_true", help="plain completion, no chat template")
+    parser.add_argument("--system", help="a system message before the prompt (chat only)")
+    parser.add_argument("--stats", action="store_true", help="print timings to stderr")
+    add_sampling_arguments(parser)
+    add_engine_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _prompt(args: argparse.Namespace) -> Prompt:
+    text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.system and not args.raw:
+        messages: list[ChatMessage] = [
+            {"role": "system", "content": args.system},
+            {"role": "user", "content": text},
+        ]
+        return messages
+    return str(text)
+
+
+def _write(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def _print_stats(result: GenerationResult) -> None:
+    t, u = result.timings, result.usage
+    rate = (u.completion_tokens - 1) / t.decode_s if t.decode_s > 0 else 0.0
+    print(
+        f"[{u.prompt_tokens} prompt + {u.completion_tokens} new tokens, "
+        f"first token {t.first_token_s * 1000:.0f} ms, {rate:.1f} tok/s, "
+        f"finish: {result.finish_reason.value}]",
+        file=sys.stderr,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+    engine = load_engine(args.bundle, engine_options(args))
+    result = engine.generate(
+        _prompt(args), sampling_params(args), chat=not args.raw, on_delta=_write
+    )
+    _write("\n")
+    if args.stats:
+        _print_stats(result)
+    return 0

@@ -1,0 +1,62 @@
+"""Loading: refused when tampered, optimized-graph cache reused with the same answers."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
+from edge_runtime.errors import BundleError
+
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
+
+
+def test_tampered_bundle_is_refused_before_loading(
+    kind_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(kind_bundle(), copy)
+    model = copy / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.onnx"):
+        load_engine(copy)
+
+
+def test_unknown_graph_kind_is_refused(kind_bundle: Callable[..., Path], tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(kind_bundle(), copy)
+    manifest = copy / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"kind": "optimum"', '"kind": "mystery"'))
+    with pytest.raises(BundleError, match="mystery"):
+        load_engine(copy)
+
+
+def test_optimized_graph_cache_is_written_then_reused(
+    kind_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    options = EngineOptions(provider="cpu", optimized_model_dir=tmp_path / "cache")
+    first = load_engine(kind_bundle(), options)
+    assert not first.report.optimized_cache_hit
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1 and (entries[0] / "model.onnx").is_file()
+    second = load_engine(kind_bundle(), options)
+    assert second.report.optimized_cache_hit
+    for prompt in ("Hello", "Sensors report"):
+        assert (
+            second.generate(prompt, GREEDY).token_ids == first.generate(prompt, GREEDY).token_ids
+        )
+
+
+def test_broken_cache_entry_is_rebuilt(kind_bundle: Callable[..., Path], tmp_path: Path) -> None:
+    options = EngineOptions(provider="cpu", optimized_model_dir=tmp_path / "cache")
+    load_engine(kind_bundle(), options)
+    (entry,) = (tmp_path / "cache").iterdir()
+    (entry / "model.onnx").write_bytes(b"not a model")
+    engine = load_engine(kind_bundle(), options)
+    assert not engine.report.optimized_cache_hit
+    assert engine.generate("Hello", GREEDY).usage.completion_tokens > 0
