@@ -1,0 +1,139 @@
+"""Tiny random llama/qwen2 models: fp32 bundles match transformers; int8/int4 bundles run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle import verify_bundle
+from tests.converter.greedy import GraphRunner
+
+PROMPT = "Sensors report temperature every minute."
+
+
+def _hf_logits(hf_dir: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    with torch.no_grad():
+        out = model(torch.tensor([ids], dtype=torch.long))
+    return out.logits[0].numpy()
+
+
+def _encode(bundle: Path, text: str) -> list[int]:
+    from tokenizers import Tokenizer
+
+    return list(Tokenizer.from_file(str(bundle / "tokenizer.json")).encode(text).ids)
+
+
+@pytest.fixture(scope="module")
+def optimum_bundle(converter_cache: Path, tiny_hf_model: Callable[..., Path]) -> Callable[..., Path]:
+    """Tiny bundles built with the optimum graph explicitly (the one this area exports)."""
+    from converters import ConvertOptions, convert
+
+    built: dict[tuple[str, str], Path] = {}
+
+    def make(arch: str, quant: str) -> Path:
+        if (arch, quant) not in built:
+            out = converter_cache / f"bundle-tiny-{arch}-{quant}-optimum"
+            convert(tiny_hf_model(arch), out, ConvertOptions(quant=quant, graph="optimum", overwrite=True))
+            built[(arch, quant)] = out
+        return built[(arch, quant)]
+
+    return make
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fp32_logits_match_transformers(
+    arch: str, optimum_bundle: Callable[..., Path], tiny_hf_model: Callable[..., Path]
+) -> None:
+    bundle = optimum_bundle(arch, "fp32")
+    ids = _encode(bundle, PROMPT)
+    expected = _hf_logits(tiny_hf_model(arch), ids)
+    runner = GraphRunner(bundle)
+    prefill = runner.forward(ids[:-3])
+    np.testing.assert_allclose(prefill, expected[len(ids) - 4], atol=1e-4, rtol=0)
+    for offset, token in enumerate(ids[-3:]):  # decode steps go through the KV cache
+        step = runner.forward([token])
+        np.testing.assert_allclose(step, expected[len(ids) - 3 + offset], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("quant", "min_cosine"), [("int8", 0.99), ("int4", 0.95)])
+def test_quantized_bundle_tracks_fp32_and_generates(
+    quant: str, min_cosine: float, optimum_bundle: Callable[..., Path]
+) -> None:
+    fp32, quantized = optimum_bundle("llama", "fp32"), optimum_bundle("llama", quant)
+    prompt = _encode(fp32, PROMPT)
+    reference = GraphRunner(fp32)
+    runner = GraphRunner(quantized)
+    # Teacher-forced along the fp32 greedy path: logits stay close at every step.
+    path = reference.greedy(prompt, 8)
+    reference.reset()
+    for ids in [prompt, *([t] for t in path)]:
+        a, b = reference.forward(ids), runner.forward(ids)
+        cosine = float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
+        assert cosine > min_cosine, cosine
+        assert int(np.argmax(b)) in np.argsort(a)[-3:]
+    assert len(runner.greedy(prompt, 8)) > 0
+
+
+def test_int4_quantizes_embedding_and_untied_lm_head(optimum_bundle: Callable[..., Path]) -> None:
+    import onnx
+
+    bundle = optimum_bundle("llama", "int4")
+    manifest = verify_bundle(bundle)
+    ops = [n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node]
+    assert "GatherBlockQuantized" in ops
+    # 2 layers x 7 projections, plus the lm_head that was tied to the embedding.
+    assert ops.count("MatMulNBits") == 2 * 7 + 1
+    assert manifest.quantization.unquantized == []
+    fp32_size = (optimum_bundle("llama", "fp32") / "model.onnx").stat().st_size
+    assert (bundle / "model.onnx").stat().st_size < fp32_size / 2
+
+
+def test_keep_fp32_leaves_named_weights_unquantized(
+    tmp_path: Path, tiny_hf_model: Callable[..., Path]
+) -> None:
+    from converters import ConvertOptions, convert
+
+    manifest = convert(
+        tiny_hf_model("llama"),
+        tmp_path / "b",
+        ConvertOptions(quant="int4", graph="optimum", keep_fp32=("embed_tokens",)),
+    )
+    assert any("embed_tokens" in name for name in manifest.quantization.unquantized)
+
+
+def test_manifest_facts_describe_the_model(
+    optimum_bundle: Callable[..., Path], tiny_hf_model: Callable[..., Path]
+) -> None:
+    bundle = optimum_bundle("qwen2", "int4")
+    manifest = verify_bundle(bundle)
+    config = json.loads((tiny_hf_model("qwen2") / "config.json").read_text())
+    arch = manifest.architecture
+    assert arch.model_type == "qwen2"
+    assert (arch.num_layers, arch.num_kv_heads, arch.vocab_size) == (
+        config["num_hidden_layers"], config["num_key_value_heads"], config["vocab_size"]
+    )
+    from tokenizers import Tokenizer
+
+    im_end = Tokenizer.from_file(str(bundle / "tokenizer.json")).token_to_id("<|im_end|>")
+    assert im_end in arch.eos_token_ids
+    assert manifest.graph.logits_last_only
+    assert "<|im_start|>" in (bundle / "chat_template.jinja").read_text()
+    assert manifest.quantization.block_size == 32
+
+
+def test_max_context_caps_context_length(tmp_path: Path, tiny_hf_model: Callable[..., Path]) -> None:
+    from converters import ConvertOptions, convert
+
+    manifest = convert(
+        tiny_hf_model("llama"), tmp_path / "b",
+        ConvertOptions(quant="fp32", graph="optimum", max_context=64),
+    )
+    assert manifest.architecture.context_length == 64
