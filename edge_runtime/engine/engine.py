@@ -131,10 +131,13 @@ class OnnxEngine:
         chat: bool = True,
         cancel: threading.Event | None = None,
     ) -> Iterator[str]:
-        """Yield text pieces as they are decided. Close the iterator to stop early."""
+        """Return an iterator of text pieces as they are decided; close it to stop early.
+
+        Bad prompts and over-long prompts raise here, before the iterator is returned.
+        """
         called = time.perf_counter()
         ids = self.encode(prompt, chat=chat)
-        yield from self._run(ids, self._resolve(ids, params), cancel, False, called)
+        return self._run(ids, self._resolve(ids, params), cancel, False, called)
 
     def generate_ids(
         self,

@@ -112,6 +112,14 @@ def test_stream_yields_the_text_generate_returns(tiny_engine: Callable[..., Onnx
     assert all(pieces)
 
 
+def test_closing_a_stream_early_frees_the_engine(tiny_engine: Callable[..., OnnxEngine]) -> None:
+    engine = tiny_engine()
+    pieces = engine.stream("Hello", GREEDY, chat=True)
+    next(iter(pieces))
+    pieces.close()  # type: ignore[attr-defined]
+    assert engine.generate("Hello", GREEDY, chat=True).usage.completion_tokens > 0
+
+
 def test_on_delta_pieces_join_to_the_text(tiny_engine: Callable[..., OnnxEngine]) -> None:
     engine = tiny_engine()
     pieces: list[str] = []
@@ -142,6 +150,8 @@ def test_over_long_prompt_is_refused_with_the_numbers(
         engine.generate(prompt, GREEDY, chat=False)
     assert info.value.code == "context_length_exceeded"
     assert str(count) in info.value.message and str(engine.context_length) in info.value.message
+    with pytest.raises(ContextLengthExceeded):
+        engine.stream(prompt, GREEDY, chat=False)  # raised at the call, not at the first piece
 
 
 def test_generation_stops_with_length_at_the_context_limit(

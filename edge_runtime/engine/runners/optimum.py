@@ -8,8 +8,6 @@ step's ``past`` inputs as they are. Only the logits come back to the host, and w
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import onnxruntime as ort
 
@@ -130,10 +128,3 @@ class OptimumRunner:
         self._binding.bind_output(self._spec.logits, "cpu")
         for name in self._present_names:
             self._binding.bind_output(name, self._device, self._device_id)
-
-    def debug_state(self) -> dict[str, Any]:
-        """Return the cache length and the shapes ORT holds for layer 0 (for tests)."""
-        return {
-            "length": self._length,
-            "past_shape": self._past[0].shape() if self._past else None,
-        }
