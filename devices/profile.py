@@ -70,6 +70,14 @@ class Profile:
         values = {key: _coerce(key, value) for key, value in overrides.items()}
         return dataclasses.replace(self, **values)
 
+    @property
+    def engine_provider(self) -> str:
+        """Return the engine's provider choice for this profile: tensorrt, cuda or cpu."""
+        first = self.providers[0]
+        return {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda"}.get(
+            first, "cpu"
+        )
+
     def effective_threads(self, cpu_count: int | None) -> int:
         """Return the thread count to use on a machine with ``cpu_count`` CPUs."""
         cpus = max(1, cpu_count or 1)

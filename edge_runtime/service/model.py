@@ -45,13 +45,20 @@ def engine_threads(config: Config, profile: Any | None) -> int | None:
     return None
 
 
+def engine_provider(config: Config, profile: Any | None) -> str:
+    """Pick the provider: the config's, else (for "auto") the device profile's first choice."""
+    if config.engine.provider != "auto" or profile is None:
+        return config.engine.provider
+    return str(getattr(profile, "engine_provider", "auto"))
+
+
 def load_model(config: Config) -> Engine:
     """Load the bundle from the config and run one short generation to warm it up."""
     from edge_runtime.engine import EngineOptions, load_engine
 
     profile = resolve_profile(config)
     options = EngineOptions(
-        provider=config.engine.provider,
+        provider=engine_provider(config, profile),
         require=config.engine.require,
         threads=engine_threads(config, profile),
     )

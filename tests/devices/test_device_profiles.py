@@ -145,3 +145,12 @@ def test_a_profile_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ProfileError, match=r"unknown field.*gpu"):
         profile_from_toml(path)
+
+
+def test_engine_provider_follows_the_first_provider() -> None:
+    assert devices.load_profile("jetson-agx-orin").engine_provider == "tensorrt"
+    assert devices.load_profile("raspberry-pi-5").engine_provider == "cpu"
+    cuda = devices.load_profile("generic-x86_64").merged(
+        {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+    )
+    assert cuda.engine_provider == "cuda"
