@@ -74,7 +74,7 @@ class Intake:
         if self.stopping:
             self._reject(ShuttingDown("the daemon is stopping"), req.id, req.reply)
             return
-        if self._answered_from_record(req):
+        if self._answered_from_record(req, msg.dup):
             return
         if req.deadline is not None and time.time() >= req.deadline:
             self._reject(Expired("the request expired before it was accepted"), req.id, req.reply)
@@ -84,11 +84,16 @@ class Intake:
             return
         self._accept(req)
 
-    def _answered_from_record(self, req: Request) -> bool:
+    def _answered_from_record(self, req: Request, redelivered: bool) -> bool:
+        """Answer a repeated request from its record; True if it was one.
+
+        A broker redelivery (DUP set: our ack was lost) of a request already answered is
+        not replayed: its final reply is in the outbox or already delivered.
+        """
         record = self.store.lookup(req.key)
         if record is None:
             return False
-        if record.state == "done" and record.final is not None:
+        if record.state == "done" and record.final is not None and not redelivered:
             self.counters.replayed += 1
             self._send_final(None, record.final, req.reply)
         # A pending record is already queued or running; its answer is on its way.
@@ -104,6 +109,7 @@ class Intake:
             return
         self.counters.accepted += 1
         self.jobs.put(Job(req), force=True)
+        log.debug("accepted %s (deadline %s, %d queued)", req.id, req.deadline, len(self.jobs))
 
     def _reject(self, error: EdgeRuntimeError, request_id: str | None, reply: ReplyPlace | None):
         self.counters.errors[error.code] += 1

@@ -120,6 +120,7 @@ class PahoTransport:
             payload=bytes(msg.payload),
             qos=msg.qos,
             retain=bool(msg.retain),
+            dup=bool(msg.dup),
             mid=msg.mid,
             response_topic=response_topic,
             correlation_data=bytes(correlation) if correlation is not None else None,

@@ -32,6 +32,8 @@ class Inbound:
     payload: bytes
     qos: int = 1
     retain: bool = False
+    dup: bool = False
+    """The broker is delivering this message again (it was not acknowledged before)."""
     mid: int = 0
     response_topic: str | None = None
     correlation_data: bytes | None = None

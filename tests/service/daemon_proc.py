@@ -61,7 +61,7 @@ class DaemonProcess:
                    **self.env_extra)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_runtime", "-v", "serve",
+                [sys.executable, "-m", "edge_runtime", "-vv", "serve",
                  "--config", str(self.config_path)],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
@@ -110,5 +110,11 @@ class DaemonProcess:
 
     def _close(self) -> None:
         if self._sock is not None:
+            self._sock.setblocking(False)
+            while True:
+                try:
+                    self.notifications.append(self._sock.recv(4096).decode())
+                except BlockingIOError:
+                    break
             self._sock.close()
             self._sock = None

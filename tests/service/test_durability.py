@@ -1,0 +1,167 @@
+"""Nothing is lost: broker outages, daemon crashes, duplicates, expiry, cancel, shutdown."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tests.fixtures.broker import MosquittoBroker
+from tests.service.conftest import DEVICE
+from tests.service.daemon_proc import DaemonProcess
+from tests.service.mqtt_client import Probe
+from tests.service.schemas import assert_final
+
+REQUEST = f"edge/{DEVICE}/request"
+CANCEL = f"edge/{DEVICE}/cancel"
+LONG = {"prompt": "Tell me a long story", "max_tokens": 220, "temperature": 0.0}
+# The tiny model writes ~1000 tokens/s, so one LONG request takes about 0.2 s: tests that
+# need the daemon busy for a while queue several.
+
+
+def _exactly_one_final_each(probe: Probe, topics: list[str], timeout: float = 40) -> None:
+    assert probe.wait_for(lambda _r: all(probe.finals(t) for t in topics), timeout), [
+        t for t in topics if not probe.finals(t)
+    ]
+    time.sleep(1.5)  # a duplicate would arrive within this
+    counts = {t: len(probe.finals(t)) for t in topics}
+    assert all(c == 1 for c in counts.values()), counts
+
+
+def test_broker_restart_mid_generation_delivers_each_answer_once_and_whole(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    daemon_factory(broker)
+    probe = client_factory(broker.port, client_id="outage-probe", persistent=True)
+    probe.subscribe("outage/#")
+    topics = [f"outage/{i}" for i in range(6)]
+    for i, topic in enumerate(topics):
+        probe.publish(REQUEST, {"id": f"o{i}", **LONG}, response_topic=topic)
+    assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
+    broker.stop()
+    time.sleep(2.5)  # the daemon keeps generating with no broker
+    broker.start()
+    _exactly_one_final_each(probe, topics)
+    probe.publish(REQUEST, {"id": "reference", **LONG}, response_topic="outage/ref")
+    reference = probe.wait_final("outage/ref")
+    for topic in topics:
+        final = probe.finals(topic)[0]
+        assert_final(final)
+        assert final["text"] == reference["text"], "the answer arrived whole"
+
+
+def test_sigkill_mid_generation_answers_every_accepted_request_once(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    first = daemon_factory(broker)
+    probe = client_factory(broker.port)
+    probe.subscribe("crash/#")
+    topics = [f"crash/{i}" for i in range(7)]
+    for i, topic in enumerate(topics[:6]):
+        probe.publish(REQUEST, {"id": f"c{i}", **LONG}, response_topic=topic)
+    assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
+    first.kill()
+    # Sent while the daemon is dead: the broker keeps it for the daemon's session.
+    probe.publish(REQUEST, {"id": "c6", **LONG}, response_topic=topics[6])
+    second = daemon_factory(broker, start=False)
+    second.config_path.write_text(first.config_path.read_text())
+    second.start()
+    _exactly_one_final_each(probe, topics)
+    assert "resuming" in second.log()
+
+
+def test_repeated_id_is_answered_from_the_record(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    daemon_factory(broker)
+    probe = client_factory(broker.port)
+    probe.subscribe("dup/#")
+    probe.subscribe(f"edge/{DEVICE}/stats")
+    body = {"id": "same", "prompt": "Hi", "max_tokens": 30}
+    probe.publish(REQUEST, body, response_topic="dup/a")
+    probe.publish(REQUEST, body, response_topic="dup/a")  # duplicate delivery while pending
+    first = probe.wait_final("dup/a")
+    time.sleep(1.0)
+    assert len(probe.finals("dup/a")) == 1
+    probe.publish(REQUEST, body, response_topic="dup/a")  # a retry after the answer
+    assert probe.wait_for(lambda _r: len(probe.finals("dup/a")) == 2, 10)
+    assert probe.finals("dup/a")[1]["text"] == first["text"]
+    stats = f"edge/{DEVICE}/stats"
+    seen = len(probe.on(stats))
+    assert probe.wait_for(lambda _r: len(probe.on(stats)) > seen, 5)
+    counters = probe.on(stats)[-1].json()["counters"]
+    assert counters["accepted"] == 1 and counters["replayed"] == 1
+
+
+def test_expired_requests_are_answered_expired_and_not_generated(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    daemon_factory(broker)
+    probe = client_factory(broker.port)
+    probe.subscribe("exp/#")
+    for i in range(12):  # over a second of work ahead of the expiring requests
+        probe.publish(REQUEST, {"id": f"busy{i}", **LONG}, response_topic=f"exp/busy{i}")
+    probe.publish(REQUEST, {"id": "by-deadline", "prompt": "x", "deadline": time.time() + 0.3},
+                  response_topic="exp/deadline")
+    probe.publish(REQUEST, {"id": "by-expiry", "prompt": "x"}, response_topic="exp/expiry",
+                  expiry=1)
+    for topic in ("exp/deadline", "exp/expiry"):
+        final = probe.wait_final(topic, timeout=30)
+        assert_final(final)
+        assert final["finish_reason"] == "error", (topic, final["timings"], final["usage"])
+        assert final["error"]["code"] == "expired"
+        assert final["usage"]["completion_tokens"] == 0
+        assert probe.chunks(topic) == [], "an expired request is never generated"
+
+
+def test_cancel_running_and_queued_requests(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    daemon_factory(broker)
+    probe = client_factory(broker.port)
+    probe.subscribe("cancel/#")
+    probe.publish(REQUEST, {"id": "run", **LONG}, response_topic="cancel/run")
+    probe.publish(REQUEST, {"id": "wait", **LONG}, response_topic="cancel/wait")
+    assert probe.wait_for(lambda _r: bool(probe.chunks("cancel/run")), 20)
+    probe.publish(CANCEL, {"id": "wait"})
+    probe.publish(CANCEL, {"id": "run"})
+    running = probe.wait_final("cancel/run")
+    waiting = probe.wait_final("cancel/wait")
+    assert running["finish_reason"] == "cancelled"
+    assert 0 < running["usage"]["completion_tokens"] < 220
+    assert waiting["finish_reason"] == "cancelled" and waiting["text"] == ""
+    assert probe.chunks("cancel/wait") == []
+
+
+def test_sigterm_finishes_in_flight_refuses_queue_and_says_stopped(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    daemon = daemon_factory(broker)
+    probe = client_factory(broker.port)
+    probe.subscribe("term/#")
+    probe.subscribe(f"edge/{DEVICE}/status")
+    topics = [f"term/{i}" for i in range(6)]
+    for i, topic in enumerate(topics):
+        probe.publish(REQUEST, {"id": f"t{i}", **LONG}, response_topic=topic)
+    assert probe.wait_for(lambda _r: bool(probe.chunks("term/0")), 20)
+    assert daemon.terminate() == 0
+    assert any("STOPPING=1" in n for n in daemon.notifications)
+    _exactly_one_final_each(probe, topics, timeout=10)
+    finals = [probe.finals(t)[0] for t in topics]
+    assert finals[0]["finish_reason"] == "length", "the request in flight was finished"
+    assert finals[-1]["error"]["code"] == "shutting_down", "queued requests are refused"
+    for final in finals:
+        assert final["finish_reason"] == "length" or final["error"]["code"] == "shutting_down"
+    status = f"edge/{DEVICE}/status"
+    assert probe.wait_for(lambda _r: probe.on(status)[-1].json()["state"] == "stopped", 5)
