@@ -156,14 +156,12 @@ def convert(
     if not Path(source).expanduser().exists() and "/" not in str(source):
         raise SourceError(f"{source}: no such file or folder")
     check_output(out, options.overwrite)
-    try:
-        work = Path(tempfile.mkdtemp(prefix=".edge-runtime-work-", dir=out.parent))
-    except OSError as exc:
-        raise os_error(exc, out.parent) from exc
+    # Scratch goes to the system temp dir ($TMPDIR), so only the bundle itself lands next to OUT.
+    work = Path(tempfile.mkdtemp(prefix="edge-runtime-convert-"))
     try:
         return _build(source, out, options, progress, work)
     except OSError as exc:
-        raise os_error(exc, out.parent) from exc
+        raise os_error(exc, Path(exc.filename) if exc.filename else out.parent) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

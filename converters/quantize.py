@@ -68,6 +68,7 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str]) -> Any:
 
 
 def _int8(src: Path, dst: Path, exclude: list[str]) -> None:
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -78,7 +79,8 @@ def _int8(src: Path, dst: Path, exclude: list[str]) -> None:
         weight_type=QuantType.QInt8,
         nodes_to_exclude=exclude,
         use_external_data_format=False,
-        extra_options={"MatMulConstBOnly": True},
+        # Contrib ops (GroupQueryAttention, ...) defeat shape inference; their outputs are float.
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
     )
 
 

@@ -35,7 +35,7 @@ def check_output(out_dir: Path, overwrite: bool) -> None:
 def os_error(exc: OSError, where: Path) -> OutputError:
     """Turn an OSError while writing into one clear converter error."""
     if exc.errno == errno.ENOSPC:
-        return DiskFull(f"{where}: no space left on the device while writing the bundle")
+        return DiskFull(f"{where}: no space left on the device")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"{where}: folder is not writable ({exc.strerror})")
     return OutputError(f"{where}: cannot write ({exc.strerror or exc})")
