@@ -1,0 +1,346 @@
+"""Continuous batching: several callers share one gqa graph, decoding in one forward per step.
+
+A scheduler thread owns the KV slots. A new request is prefilled alone in the next free
+slot; then every active sequence decodes together, one token each per batched forward,
+each with its own cache length. Sequences join and leave between steps. Active sequences
+always fill slots ``0 .. n-1``: when one leaves, the last one's cache moves into its slot,
+so each step runs on one contiguous block of the KV buffers.
+
+Callers block in :meth:`BatchingEngine.generate` (or iterate :meth:`BatchingEngine.stream`)
+while the scheduler hands them text pieces through a queue; their ``on_delta`` callbacks
+run in their own thread, never in the scheduler's.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_runtime.engine.decoding import Decoding
+from edge_runtime.engine.defaults import resolve
+from edge_runtime.engine.engine import OnnxEngine
+from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
+from edge_runtime.engine.types import (
+    DeltaCallback,
+    FinishReason,
+    GenerationResult,
+    Prompt,
+    SamplingParams,
+    Timings,
+    Usage,
+)
+from edge_runtime.errors import (
+    BundleError,
+    ContextLengthExceeded,
+    EdgeRuntimeError,
+    InternalError,
+    ShuttingDown,
+)
+
+log = logging.getLogger(__name__)
+
+_Event = tuple[str, object]  # ("delta", str) | ("done", GenerationResult) | ("error", Exception)
+
+
+@dataclass(eq=False)
+class _Request:
+    """One sequence in flight, as the scheduler sees it."""
+
+    prompt_ids: list[int]
+    decoding: Decoding
+    cancel: threading.Event | None
+    called: float
+    events: queue.SimpleQueue[_Event] = field(default_factory=queue.SimpleQueue)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    length: int = 0
+    next_token: int = 0
+    admitted: float = 0.0
+    prefill_s: float = 0.0
+    first_token: float = 0.0
+    last_token: float = 0.0
+
+    def cancelled(self) -> bool:
+        return self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+    def result(self) -> GenerationResult:
+        d = self.decoding
+        queued = self.admitted - self.called
+        return GenerationResult(
+            text=d.text,
+            finish_reason=d.finish or FinishReason.STOP,
+            usage=Usage(len(self.prompt_ids), d.completion_tokens),
+            timings=Timings(
+                queued_s=queued,
+                prefill_s=self.prefill_s,
+                decode_s=max(self.last_token - self.first_token, 0.0),
+                first_token_s=max(self.first_token - self.admitted, 0.0),
+            ),
+            token_ids=tuple(d.tokens),
+        )
+
+
+class BatchingEngine:
+    """An :class:`Engine` over a loaded gqa bundle that serves up to ``max_batch`` at once."""
+
+    def __init__(self, engine: OnnxEngine, *, max_batch: int = 4, start: bool = True) -> None:
+        runner = engine.runner
+        if not isinstance(runner, GqaRunner):
+            raise BundleError("continuous batching needs a bundle with a gqa graph")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.engine = engine
+        self.max_batch = max_batch
+        m = engine.manifest
+        self.slots = GqaSlots(
+            runner.slots.session,
+            m.graph,
+            m.architecture,
+            slots=max_batch,
+            max_length=runner.max_length,
+        )
+        self._incoming: queue.Queue[_Request | None] = queue.Queue()
+        self._active: list[_Request] = []
+        self.peak_batch = 0  # the most sequences decoded in one forward so far
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start the scheduler (only needed when built with ``start=False``)."""
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for a slot."""
+        return self._incoming.qsize()
+
+    @property
+    def info(self) -> dict[str, object]:
+        return {**self.engine.info, "max_batch": self.max_batch}
+
+    @property
+    def context_length(self) -> int:
+        return self.slots.max_length
+
+    def close(self) -> None:
+        """Stop the scheduler; requests still waiting fail with ShuttingDown."""
+        self._closing.set()
+        self._incoming.put(None)
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
+        self._thread.join()
+
+    # Caller side -------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        *,
+        chat: bool = True,
+        cancel: threading.Event | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> GenerationResult:
+        """Generate an answer, sharing the model with concurrent callers."""
+        called = time.perf_counter()
+        ids = self.engine.encode(prompt, chat=chat)
+        return self.generate_ids(ids, params, cancel=cancel, on_delta=on_delta, _called=called)
+
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        cancel: threading.Event | None = None,
+        on_delta: DeltaCallback | None = None,
+        ignore_eos: bool = False,
+        _called: float | None = None,
+    ) -> GenerationResult:
+        """Generate from token ids; blocks until the sequence is done."""
+        request = self._submit(prompt_ids, params, cancel, ignore_eos, _called)
+        return _wait(request, on_delta)
+
+    def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        *,
+        chat: bool = True,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Return an iterator of text pieces; closing it early cancels the sequence."""
+        called = time.perf_counter()
+        request = self._submit(self.engine.encode(prompt, chat=chat), params, cancel, False, called)
+        return _pieces(request)
+
+    def _submit(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        cancel: threading.Event | None,
+        ignore_eos: bool,
+        called: float | None,
+    ) -> _Request:
+        if self._closing.is_set():
+            raise ShuttingDown("the engine is shutting down")
+        limit = self.context_length
+        if len(prompt_ids) >= limit:
+            raise ContextLengthExceeded(len(prompt_ids), limit)
+        resolved = resolve(params, self.engine.defaults)
+        arch = self.engine.manifest.architecture
+        decoding = Decoding(
+            self.engine.tokenizer,
+            prompt_ids,
+            resolved,
+            eos_ids=arch.eos_token_ids,
+            max_new_tokens=min(resolved.max_tokens, limit - len(prompt_ids)),
+            vocab_size=arch.vocab_size,
+            ignore_eos=ignore_eos,
+        )
+        now = time.perf_counter()
+        request = _Request(list(prompt_ids), decoding, cancel, now if called is None else called)
+        self._incoming.put(request)
+        return request
+
+    # Scheduler side ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._admit()
+                if self._active:
+                    self._decode_step()
+            except Exception as exc:  # keep serving: fail only the sequences in flight
+                log.exception("batched step failed")
+                self._fail_all(exc)
+        self._drain()
+
+    def _admit(self) -> None:
+        """Prefill waiting requests into free slots; block when there is nothing to do."""
+        while len(self._active) < self.max_batch:
+            try:
+                request = self._incoming.get(block=not self._active)
+            except queue.Empty:
+                return
+            if request is None:
+                return
+            self._prefill(request)
+
+    def _prefill(self, request: _Request) -> None:
+        request.admitted = time.perf_counter()
+        if request.cancelled():
+            self._finish(request, FinishReason.CANCELLED)
+            return
+        slot = len(self._active)
+        ids = np.asarray(request.prompt_ids, dtype=np.int64)[None, :]
+        try:
+            logits = self.slots.run(slot, ids, np.zeros(1, dtype=np.int64))
+        except Exception as exc:
+            _send_error(request, exc)
+            return
+        request.length = ids.shape[1]
+        request.prefill_s = time.perf_counter() - request.admitted
+        if not self._advance(request, logits[0]):
+            self._active.append(request)
+
+    def _decode_step(self) -> None:
+        active = self._active
+        self.peak_batch = max(self.peak_batch, len(active))
+        tokens = np.array([[r.next_token] for r in active], dtype=np.int64)
+        lengths = np.array([r.length for r in active], dtype=np.int64)
+        logits = self.slots.run(0, tokens, lengths)
+        done = []
+        for row, request in enumerate(active):
+            request.length += 1
+            if self._advance(request, logits[row]):
+                done.append(request)
+        self._release(done)
+
+    def _advance(self, request: _Request, logits: np.ndarray) -> bool:
+        """Step one sequence with its logits; return True when it has finished."""
+        step = request.decoding.step(logits)
+        request.last_token = time.perf_counter()
+        if not request.first_token:
+            request.first_token = request.last_token
+        if step.delta:
+            request.events.put(("delta", step.delta))
+        if step.finished:
+            request.events.put(("done", request.result()))
+            return True
+        if request.cancelled():
+            self._finish(request, FinishReason.CANCELLED)
+            return True
+        request.next_token = step.token
+        return False
+
+    def _finish(self, request: _Request, reason: FinishReason) -> None:
+        if tail := request.decoding.stop(reason):
+            request.events.put(("delta", tail))
+        request.events.put(("done", request.result()))
+
+    def _release(self, done: list[_Request]) -> None:
+        """Drop finished sequences, moving the last active one into each freed slot."""
+        for request in done:
+            slot = self._active.index(request)
+            last = self._active.pop()
+            if last is not request:
+                self.slots.move(len(self._active), slot, last.length)
+                self._active[slot] = last
+
+    def _fail_all(self, exc: Exception) -> None:
+        for request in self._active:
+            _send_error(request, exc)
+        self._active.clear()
+
+    def _drain(self) -> None:
+        self._fail_all(ShuttingDown("the engine is shutting down"))
+        while True:
+            try:
+                request = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                _send_error(request, ShuttingDown("the engine is shutting down"))
+
+
+def _send_error(request: _Request, exc: Exception) -> None:
+    if not isinstance(exc, EdgeRuntimeError):
+        exc = InternalError(f"model run failed: {exc}")
+    request.events.put(("error", exc))
+
+
+def _wait(request: _Request, on_delta: Callable[[str], None] | None) -> GenerationResult:
+    """Relay a request's pieces to ``on_delta`` and return its result."""
+    try:
+        while True:
+            kind, value = request.events.get()
+            if kind == "delta":
+                if on_delta is not None:
+                    on_delta(value)  # type: ignore[arg-type]
+            elif kind == "done":
+                return value  # type: ignore[return-value]
+            else:
+                raise value  # type: ignore[misc]
+    finally:
+        request.abandoned.set()
+
+
+def _pieces(request: _Request) -> Iterator[str]:
+    try:
+        while True:
+            kind, value = request.events.get()
+            if kind == "delta":
+                yield value  # type: ignore[misc]
+            elif kind == "done":
+                return
+            else:
+                raise value  # type: ignore[misc]
+    finally:
+        request.abandoned.set()

@@ -1,0 +1,121 @@
+"""Continuous batching gives every caller exactly what it would get running alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.engine import SamplingParams, load_engine
+from edge_runtime.engine.batching import BatchingEngine
+from edge_runtime.engine.engine import OnnxEngine
+from edge_runtime.engine.types import FinishReason, GenerationResult
+
+PROMPTS = [
+    "The quick brown fox",
+    "Sensors report temperature",
+    "def add(a, b):",
+    "Field devices answer questions offline over MQTT.",
+    "你好，世界。",  # noqa: RUF001 (real multi-byte text)
+    "0123456789 + - * /",
+]
+MAX_TOKENS = [20, 7, 31, 12, 25, 16]  # different lengths: sequences leave at different steps
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle: Callable[..., Path]) -> OnnxEngine:
+    loaded = load_engine(tiny_bundle("qwen2", "fp32"))
+    assert loaded.manifest.graph.kind == "gqa"
+    return loaded
+
+
+@pytest.fixture
+def batching(engine: OnnxEngine) -> Iterator[BatchingEngine]:
+    # Started by _together once every request waits, so the batch really fills up.
+    batcher = BatchingEngine(engine, max_batch=4, start=False)
+    yield batcher
+    batcher.close()
+
+
+def _params(max_tokens: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0)
+
+
+def _alone(engine: OnnxEngine) -> list[GenerationResult]:
+    return [
+        engine.generate_ids(engine.encode(p), _params(n), ignore_eos=True)
+        for p, n in zip(PROMPTS, MAX_TOKENS, strict=True)
+    ]
+
+
+def _together(batcher: BatchingEngine, cancel: dict[int, threading.Event] | None = None) -> list:
+    results: list[GenerationResult | None] = [None] * len(PROMPTS)
+    engine = batcher.engine
+
+    def run(i: int) -> None:
+        event = (cancel or {}).get(i)
+        ids = engine.encode(PROMPTS[i])
+        results[i] = batcher.generate_ids(
+            ids, _params(MAX_TOKENS[i]), cancel=event, ignore_eos=True
+        )
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while batcher.waiting < len(PROMPTS) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    batcher.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def test_concurrent_greedy_generations_equal_sequential_ones(
+    engine: OnnxEngine, batching: BatchingEngine
+) -> None:
+    alone = _alone(engine)
+    together = _together(batching)
+    for a, b in zip(alone, together, strict=True):
+        assert b is not None
+        assert b.token_ids == a.token_ids
+        assert b.text == a.text
+        assert b.finish_reason == FinishReason.LENGTH
+        assert b.usage == a.usage
+    assert batching.peak_batch == 4  # the sequences really shared forwards
+
+
+def test_cancelling_one_sequence_leaves_the_others_intact(
+    engine: OnnxEngine, batching: BatchingEngine
+) -> None:
+    alone = _alone(engine)
+    stop = threading.Event()
+    stop.set()  # cancelled from the start: it must end at once and free its slot
+    together = _together(batching, {2: stop})
+    for i, (a, b) in enumerate(zip(alone, together, strict=True)):
+        assert b is not None
+        if i == 2:
+            assert b.finish_reason == FinishReason.CANCELLED
+            assert len(b.token_ids) < MAX_TOKENS[2]
+        else:
+            assert b.token_ids == a.token_ids
+
+
+def test_stream_yields_the_same_text_as_generate(
+    engine: OnnxEngine, batching: BatchingEngine
+) -> None:
+    expected = engine.generate(PROMPTS[0], _params(12)).text
+    batching.start()
+    assert "".join(batching.stream(PROMPTS[0], _params(12))) == expected
+
+
+def test_requests_after_close_are_refused(engine: OnnxEngine) -> None:
+    from edge_runtime.errors import ShuttingDown
+
+    batcher = BatchingEngine(engine, max_batch=2)
+    batcher.close()
+    with pytest.raises(ShuttingDown):
+        batcher.generate(PROMPTS[0], _params(4))
