@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 
 from converters.errors import HubUnavailable, SourceError
@@ -15,13 +16,25 @@ HUB_HOST = "huggingface.co"
 PROBE_TIMEOUT_S = 3.0
 
 
-def hub_reachable(host: str = HUB_HOST, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Return True when a TCP connection to the hub opens within ``timeout`` seconds."""
+def _connect(host: str, timeout: float) -> bool:
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Return True when a TCP connection to the hub opens within ``timeout`` seconds.
+
+    The name lookup is not bounded by the socket timeout, so the probe runs in a daemon
+    thread and is abandoned when the time is up.
+    """
+    result: list[bool] = []
+    probe = threading.Thread(target=lambda: result.append(_connect(host, timeout)), daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(result and result[0])
 
 
 def _offline_env() -> bool:
@@ -44,8 +57,8 @@ class HubSource:
             why = f"{HUB_HOST} cannot be reached"
         if why:
             raise HubUnavailable(
-                f"{self.repo_id}: no such file or folder, and as a hub id it cannot be "
-                f"downloaded ({why}); give a local model folder or .gguf file"
+                f"{self.repo_id}: no such file or folder, and the Hugging Face hub is offline "
+                f"({why}); give a local model folder or .gguf file"
             )
 
     def prepare(self, work_dir: Path, *, trust_remote_code: bool = False) -> PreparedSource:
