@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def _dropin(args: argparse.Namespace) -> int:
     finding, profile = check_profile(config, board)
     for problem in (config_finding, finding):
         if problem.status == FAIL:
-            print(f"edge-runtime doctor: {problem.check}: {problem.summary}")
+            print(f"edge-runtime doctor: {problem.check}: {problem.summary}", file=sys.stderr)
             return 1
     assert profile is not None
     print(profile.systemd_dropin(), end="")
