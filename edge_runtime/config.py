@@ -11,10 +11,18 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_runtime.errors import ConfigError
 
@@ -28,16 +36,24 @@ DEFAULT_STATE_DIR = Path("/var/lib/edge-runtime")
 TOPIC_SEGMENT_FORBIDDEN = set("/+#$\0")
 
 
+def _to_path(value: Any) -> Any:
+    return Path(value) if isinstance(value, str) and value else value
+
+
+FilePath = Annotated[Path, BeforeValidator(_to_path)]
+"""A path given as a TOML string (strict mode otherwise wants a Path object)."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TlsConfig(_Strict):
     """TLS towards the broker; the server certificate is always verified."""
 
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
@@ -50,7 +66,7 @@ class BrokerConfig(_Strict):
     url: str = "mqtt://127.0.0.1:1883"
     protocol: Literal["5", "3.1.1"] = "5"
     username: str | None = None
-    password_file: Path | None = None
+    password_file: FilePath | None = None
     tls: TlsConfig = Field(default_factory=TlsConfig)
     keepalive: int = Field(default=30, ge=5, le=3600)
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
@@ -108,7 +124,7 @@ class ServiceConfig(_Strict):
     default_max_tokens: int = Field(default=256, ge=1, le=1_000_000)
     max_max_tokens: int = Field(default=2048, ge=1, le=1_000_000)
     generation_deadline_s: float = Field(default=300.0, gt=0, le=86400)
-    state_dir: Path = Field(default_factory=lambda: default_state_dir())
+    state_dir: FilePath = Field(default_factory=lambda: default_state_dir())
     outbox_limit: int = Field(default=1000, ge=16, le=1_000_000)
     record_ttl_s: float = Field(default=86400.0, ge=0)
     stats_interval_s: float = Field(default=30.0, ge=0.5, le=86400)
@@ -130,7 +146,7 @@ class ServiceConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    bundle: Path | None = None
+    bundle: FilePath | None = None
 
 
 class EngineConfig(_Strict):

@@ -57,7 +57,7 @@ def base_config(broker: MosquittoBroker, bundle: Path, state: Path) -> dict[str,
 def daemon_factory(
     tmp_path: Path, service_bundle: Path
 ) -> Iterator[Callable[..., DaemonProcess]]:
-    """Return ``make(broker, **section_overrides)`` -> a started daemon; all are killed at the end."""
+    """Return ``make(broker, **sections)`` -> a started daemon; all are killed at the end."""
     made: list[DaemonProcess] = []
 
     def make(target: MosquittoBroker, start: bool = True, **sections: dict[str, Any]):

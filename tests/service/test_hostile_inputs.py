@@ -31,7 +31,9 @@ class Case:
     retain: bool = False
 
     def body(self) -> bytes:
-        return self.payload if isinstance(self.payload, bytes) else json.dumps(self.payload).encode()
+        if isinstance(self.payload, bytes):
+            return self.payload
+        return json.dumps(self.payload).encode()
 
 
 def _ok(**extra: Any) -> dict[str, Any]:
