@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from converters.errors import UnsupportedArchitecture
 from converters.gqa.graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
 from converters.gqa.rotary import rope_tables
 from converters.gqa.weights import DecoderConfig, Weights
@@ -34,11 +35,21 @@ class LlamaDecoder:
         self.w = Weights(hf_dir)
         self.g = GraphBuilder(f"{cfg.model_type}-gqa")
 
+    def check(self) -> None:
+        """Refuse variants this builder does not compute (sliding windows, MLP biases)."""
+        if self.raw.get("mlp_bias"):
+            raise UnsupportedArchitecture("the gqa graph has no MLP biases; use --graph optimum")
+        if self.raw.get("use_sliding_window") and self.raw.get("sliding_window"):
+            raise UnsupportedArchitecture("sliding-window attention is not in the gqa graph")
+        if self.raw.get("hidden_act", "silu") != "silu":
+            raise UnsupportedArchitecture(f"activation {self.raw['hidden_act']!r} is not SiLU")
+
     def has_qkv_bias(self) -> bool:
         return self.qkv_bias or bool(self.raw.get("attention_bias", False))
 
     def build(self) -> onnx.ModelProto:
         """Return the whole fp32 graph."""
+        self.check()
         seqlens, total = self._inputs()
         cos, sin = rope_tables(self.hf_dir, self.max_length)
         self.g.weight("rotary.cos_cache", cos)

@@ -102,3 +102,21 @@ def test_supports_only_the_built_architectures() -> None:
 
     assert supports("llama") and supports("qwen2")
     assert not supports("gpt2")
+
+
+def test_variants_the_graph_cannot_compute_are_refused(
+    tiny_hf_model: Callable[..., Any], tmp_path: Any
+) -> None:
+    import json
+    import shutil
+
+    from converters.errors import UnsupportedArchitecture
+    from converters.gqa import export
+
+    src = tmp_path / "sliding"
+    shutil.copytree(tiny_hf_model("qwen2"), src)
+    config = json.loads((src / "config.json").read_text())
+    config.update(use_sliding_window=True, sliding_window=16)
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitecture):
+        export(src, tmp_path / "out", max_length=64)
