@@ -9,6 +9,7 @@ from pathlib import Path
 from converters.errors import UnsupportedArchitecture
 from converters.sources import PreparedSource
 from converters.sources.gguf_meta import GGUFMeta, read_gguf
+from converters.sources.gguf_speed import fast_gguf_loading
 from converters.sources.gguf_tokenizer import write_tokenizer
 from edge_runtime.bundle import Source, sha256_file
 
@@ -61,9 +62,10 @@ class GGUFSource:
         import torch
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            str(link_dir), gguf_file="model.gguf", dtype=torch.float32
-        )
+        with fast_gguf_loading():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(link_dir), gguf_file="model.gguf", dtype=torch.float32
+            )
         model.generation_config.eos_token_id = eos_ids
         model.save_pretrained(str(hf_dir), safe_serialization=True)
 
