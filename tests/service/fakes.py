@@ -1,0 +1,139 @@
+"""Fakes for unit tests of one layer: an in-memory transport and a scripted engine."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge_runtime.engine.types import (
+    DeltaCallback,
+    FinishReason,
+    GenerationResult,
+    Prompt,
+    SamplingParams,
+    Timings,
+    Usage,
+)
+from edge_runtime.service.protocol import Inbound
+from edge_runtime.service.transport import (
+    Connected,
+    EventQueue,
+    MessageArrived,
+    Published,
+    Subscribed,
+    Will,
+)
+
+
+@dataclass(frozen=True)
+class Sent:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    correlation: bytes | None
+    mid: int
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class FakeTransport:
+    """Records what the daemon sends; the test drives connects, messages and PUBACKs."""
+
+    def __init__(self, events: EventQueue, *, auto_puback: bool = True) -> None:
+        self.events = events
+        self.auto_puback = auto_puback
+        self.sent: list[Sent] = []
+        self.acks: list[int] = []
+        self.on_ack: Callable[[int], None] | None = None
+        self.will: Will | None = None
+        self.subscriptions: list[str] = []
+        self.disconnected = False
+        self._mid = 0
+        self._lock = threading.Lock()
+
+    def _next(self) -> int:
+        with self._lock:
+            self._mid += 1
+            return self._mid
+
+    def connect(self, will: Will | None) -> None:
+        self.will = will
+        self.events.put(Connected(True))
+
+    def subscribe(self, topics: list[str]) -> int:
+        self.subscriptions = list(topics)
+        mid = self._next()
+        self.events.put(Subscribed(mid, True))
+        return mid
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                correlation_data: bytes | None = None) -> int:
+        mid = self._next()
+        with self._lock:
+            self.sent.append(Sent(topic, payload, qos, retain, correlation_data, mid))
+        if self.auto_puback and qos:
+            self.events.put(Published(mid))
+        return mid
+
+    def ack(self, mid: int, qos: int) -> None:
+        if self.on_ack is not None:
+            self.on_ack(mid)
+        self.acks.append(mid)
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+
+    def deliver(self, topic: str, payload: bytes | dict[str, Any], **fields: Any) -> int:
+        """Simulate the broker delivering a message to the daemon; return its mid."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        mid = self._next()
+        self.events.put(MessageArrived(Inbound(topic, body, mid=mid, **fields)))
+        return mid
+
+    def on(self, topic: str) -> list[Sent]:
+        with self._lock:
+            return [s for s in self.sent if s.topic == topic]
+
+    def finals(self, topic: str) -> list[dict[str, Any]]:
+        return [s.json() for s in self.on(topic) if s.json().get("done")]
+
+
+class FakeEngine:
+    """Write ``max_tokens`` words, one every ``token_s``; ``stuck`` ignores cancel."""
+
+    def __init__(self, token_s: float = 0.0, stuck: threading.Event | None = None) -> None:
+        self.token_s = token_s
+        self.stuck = stuck
+        self.calls = 0
+
+    @property
+    def info(self) -> dict[str, object]:
+        return {"model": "fake", "context_length": 64}
+
+    def generate(self, prompt: Prompt, params: SamplingParams, *, chat: bool = True,
+                 cancel: threading.Event | None = None,
+                 on_delta: DeltaCallback | None = None) -> GenerationResult:
+        self.calls += 1
+        if self.stuck is not None:
+            self.stuck.wait()
+        pieces: list[str] = []
+        reason = FinishReason.LENGTH
+        for i in range(params.max_tokens or 4):
+            if cancel is not None and cancel.is_set():
+                reason = FinishReason.CANCELLED
+                break
+            time.sleep(self.token_s)
+            pieces.append(f"w{i} ")
+            if on_delta:
+                on_delta(pieces[-1])
+        text = "".join(pieces)
+        return GenerationResult(text, reason, Usage(3, len(pieces)), Timings(decode_s=0.01))
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError

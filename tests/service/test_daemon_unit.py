@@ -1,0 +1,190 @@
+"""The daemon's main loop with a fake transport and a fake engine: ordering and recovery."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_runtime.config import build_config
+from edge_runtime.service.daemon import Daemon
+from edge_runtime.service.notify import Notifier
+from edge_runtime.service.store import Store, StoreError
+from tests.service.fakes import FakeEngine, FakeTransport
+
+REQ = "edge/unit/request"
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+class Harness:
+    """Run a Daemon in a thread over a FakeTransport."""
+
+    def __init__(self, state: Path, engine: Any = None, notifier: Notifier | None = None,
+                 store: Store | None = None, auto_puback: bool = True, **service: Any):
+        self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.transport = FakeTransport(self.events, auto_puback=auto_puback)
+        self.engine = engine or FakeEngine()
+        self.store = store or Store(state)
+        config = build_config({"service": {"device_id": "unit", "state_dir": str(state),
+                                           "stats_interval_s": 60.0, **service}},
+                              check_files=False)
+        self.daemon = Daemon(config, self.engine, self.transport, self.events, self.store,
+                             notifier)
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+
+    def __enter__(self) -> Harness:
+        self.thread.start()
+        assert _wait(lambda: self.daemon.ready)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.daemon.request_stop()
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "state"
+
+
+def test_request_is_recorded_before_it_is_acknowledged(state: Path) -> None:
+    with Harness(state) as h:
+        recorded_at_ack: list[int] = []
+        h.transport.on_ack = lambda _mid: recorded_at_ack.append(
+            h.store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+        mid = h.transport.deliver(REQ, {"id": "a", "prompt": "hi"}, response_topic="r/a")
+        assert _wait(lambda: mid in h.transport.acks)
+        assert recorded_at_ack == [1]
+        assert _wait(lambda: bool(h.transport.finals("r/a")))
+
+
+def test_final_waits_in_the_outbox_until_puback_and_survives_restart(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("edge_runtime.service.daemon.FLUSH_TIMEOUT_S", 0.3)
+    with Harness(state, auto_puback=False) as h:
+        h.transport.deliver(REQ, {"id": "b", "prompt": "hi", "max_tokens": 3},
+                            response_topic="r/b", correlation_data=b"c1")
+        assert _wait(lambda: bool(h.transport.finals("r/b")))
+        assert h.store.outbox_size() == 1, "no PUBACK yet: the reply stays on disk"
+    # A new daemon on the same state publishes the reply again, then forgets it on PUBACK.
+    with Harness(state) as h2:
+        assert _wait(lambda: bool(h2.transport.finals("r/b")))
+        resent = h2.transport.on("r/b")[-1]
+        assert resent.correlation == b"c1" and resent.json()["text"] == "w0 w1 w2 "
+        assert _wait(lambda: h2.store.outbox_size() == 0)
+        assert h2.engine.calls == 0, "answered from the outbox, not generated again"
+
+
+def test_accepted_but_unanswered_requests_run_after_a_restart(state: Path) -> None:
+    stuck = threading.Event()
+    first = Harness(state, engine=FakeEngine(stuck=stuck))
+    first.thread.start()
+    assert _wait(lambda: first.daemon.ready)
+    for i in range(3):
+        first.transport.deliver(REQ, {"id": f"p{i}", "prompt": "hi"}, response_topic=f"r/p{i}")
+    assert _wait(lambda: len(first.transport.acks) == 3)
+    # Crash: the first daemon never answers (its thread is abandoned, the store reopened).
+    with Harness(state) as second:
+        topics = [f"r/p{i}" for i in range(3)]
+        assert _wait(lambda: all(second.transport.finals(t) for t in topics))
+    stuck.set()
+    first.__exit__()
+
+
+def test_queue_full_is_answered_busy_at_once(state: Path) -> None:
+    with Harness(state, engine=FakeEngine(token_s=0.05), queue_size=1) as h:
+        for i in range(4):
+            h.transport.deliver(REQ, {"id": f"q{i}", "prompt": "hi", "max_tokens": 5},
+                                response_topic=f"r/q{i}")
+        assert _wait(lambda: all(h.transport.finals(f"r/q{i}") for i in range(4)))
+        codes = [h.transport.finals(f"r/q{i}")[0].get("error", {}).get("code")
+                 for i in range(4)]
+        assert codes.count("busy") >= 2 and codes[0] is None
+
+
+def test_generation_past_its_deadline_is_stopped_with_expired(state: Path) -> None:
+    with Harness(state, engine=FakeEngine(token_s=0.05), generation_deadline_s=0.3) as h:
+        h.transport.deliver(REQ, {"id": "slow", "prompt": "hi", "max_tokens": 1000},
+                            response_topic="r/slow")
+        assert _wait(lambda: bool(h.transport.finals("r/slow")))
+        final = h.transport.finals("r/slow")[0]
+        assert final["error"]["code"] == "expired" and final["text"].startswith("w0 ")
+
+
+def test_store_failure_is_an_internal_error_reply_not_silence(state: Path) -> None:
+    class FullStore(Store):
+        def accept(self, key: str, record: str) -> None:
+            raise StoreError("database or disk is full")
+
+    with Harness(state, store=FullStore(state)) as h:
+        mid = h.transport.deliver(REQ, {"id": "f", "prompt": "hi"}, response_topic="r/f")
+        assert _wait(lambda: bool(h.transport.finals("r/f")))
+        assert h.transport.finals("r/f")[0]["error"]["code"] == "internal"
+        assert mid in h.transport.acks
+        assert h.daemon.counters.store_errors == 1
+
+
+def test_status_will_ready_and_stopped(state: Path, tmp_path: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "n.sock"))
+    sock.settimeout(2)
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "n.sock")})
+    h = Harness(state, notifier=notifier)
+    with h:
+        assert h.transport.will is not None and b'"offline"' in h.transport.will.payload
+        assert sock.recv(1024).startswith(b"READY=1")
+        status = h.transport.on("edge/unit/status")
+        assert status[0].retain and status[0].json()["state"] == "online"
+        assert h.transport.on("edge/unit/info")[0].retain
+    assert sock.recv(1024).startswith(b"STOPPING=1")
+    assert h.transport.on("edge/unit/status")[-1].json()["state"] == "stopped"
+    assert h.transport.disconnected
+    sock.close()
+
+
+def test_watchdog_is_fed_only_while_the_worker_makes_progress(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("edge_runtime.service.daemon.STUCK_GRACE_S", 0.2)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "w.sock"))
+    sock.settimeout(0.1)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "w.sock"), "WATCHDOG_USEC": "200000"}
+    stuck = threading.Event()
+    h = Harness(state, engine=FakeEngine(stuck=stuck), notifier=Notifier(env),
+                generation_deadline_s=0.3, shutdown_grace_s=0.0)
+
+    def pings(seconds: float) -> int:
+        count, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            with contextlib.suppress(TimeoutError):
+                count += sock.recv(1024) == b"WATCHDOG=1"
+        return count
+
+    with h:
+        assert pings(1.0) >= 3, "an idle, healthy loop feeds the watchdog"
+        h.transport.deliver(REQ, {"id": "hang", "prompt": "hi"}, response_topic="r/hang")
+        time.sleep(0.8)  # past the deadline plus the stuck grace
+        pings(0.2)  # drop the pings sent before the worker counted as stuck
+        assert pings(1.0) == 0, "a stuck generation starves the watchdog"
+        stuck.set()
+        assert _wait(lambda: bool(h.transport.finals("r/hang")))
+        assert pings(1.0) >= 3
+    sock.close()
