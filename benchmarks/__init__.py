@@ -1,0 +1,1 @@
+"""Reproducible speed, memory and quality comparisons against the anchors."""

@@ -1,0 +1,1 @@
+"""Per-stack measuring adapters, each run as ``python -m`` in its own interpreter."""

@@ -1,0 +1,137 @@
+"""Measure edge-runtime on a bundle (run in the main interpreter).
+
+    python -m benchmarks.stacks.edge --model-path BUNDLE --prompt-file P.json --threads 2
+    python -m benchmarks.stacks.edge ... --streams 4     # concurrent streams
+
+With ``--streams N`` the adapter first runs one stream alone (the single-stream figure, also
+the warm-up), then N threads that call ``generate_ids`` at once. Bundles with a gqa graph go
+through the continuous-batching engine; others share the plain engine, one call at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from benchmarks.stacks.common import RunResult, emit, load_prompt, parse_args, peak_rss_mb
+from edge_runtime.engine import EngineOptions, GenerationResult, SamplingParams, load_engine
+
+
+class _IdsEngine(Protocol):
+    def generate_ids(
+        self, prompt_ids: list[int], params: SamplingParams, *, ignore_eos: bool = False
+    ) -> GenerationResult: ...
+
+
+@dataclass(frozen=True)
+class _Timed:
+    result: GenerationResult
+    started: float
+    ended: float
+
+
+def _run(engine: _IdsEngine, ids: list[int], max_new: int) -> _Timed:
+    """Greedy-decode exactly ``max_new`` tokens (end-of-text ignored)."""
+    params = SamplingParams(max_tokens=max_new, temperature=0.0)
+    started = time.perf_counter()
+    result = engine.generate_ids(ids, params, ignore_eos=True)
+    return _Timed(result, started, time.perf_counter())
+
+
+def _concurrent(engine: _IdsEngine, ids: list[int], max_new: int, streams: int) -> list[_Timed]:
+    """Run ``streams`` generations from as many threads at once."""
+    results: list[_Timed | None] = [None] * streams
+    barrier = threading.Barrier(streams)
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        results[index] = _run(engine, ids, max_new)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [r for r in results if r is not None]
+
+
+def _streams_figures(single: _Timed, runs: list[_Timed]) -> dict[str, object]:
+    """Return total throughput of the concurrent runs next to the single stream's."""
+    start = min(r.started for r in runs)
+    end = max(r.ended for r in runs)
+    first = min(r.started + r.result.timings.first_token_s for r in runs)
+    tokens = sum(r.result.usage.completion_tokens for r in runs)
+    decode_steps = sum(r.result.usage.completion_tokens - 1 for r in runs)
+    one = single.result
+    single_decode = (one.usage.completion_tokens - 1) / max(one.timings.decode_s, 1e-9)
+    single_e2e = one.usage.completion_tokens / (single.ended - single.started)
+    total_decode = decode_steps / max(end - first, 1e-9)
+    total_e2e = tokens / (end - start)
+    return {
+        "streams": len(runs),
+        "single_decode_tps": single_decode,
+        "single_end_to_end_tps": single_e2e,
+        "total_decode_tps": total_decode,
+        "total_end_to_end_tps": total_e2e,
+        "decode_speedup": total_decode / single_decode,
+        "end_to_end_speedup": total_e2e / single_e2e,
+        "wall_s": end - start,
+        "per_stream_decode_tps": [
+            (r.result.usage.completion_tokens - 1) / max(r.result.timings.decode_s, 1e-9)
+            for r in runs
+        ],
+    }
+
+
+def main() -> int:
+    args = parse_args(__doc__ or "")
+    _, ids = load_prompt(args.prompt_file)
+    options = EngineOptions(provider="cpu", threads=args.threads)
+    start = time.perf_counter()
+    engine = load_engine(args.model_path, options)
+    load_s = time.perf_counter() - start
+    graph = engine.manifest.graph.kind
+    extra: dict[str, object] = {
+        "graph": graph,
+        "quantization": engine.manifest.quantization.method,
+        "bits": engine.manifest.quantization.bits,
+    }
+    timed = _run(engine, ids, args.max_new)
+    if args.streams > 1:
+        extra.update(_measure_streams(engine, ids, args.max_new, args.streams, timed))
+    result = timed.result
+    emit(RunResult(
+        stack="edge-runtime", model_path=str(args.model_path), threads=args.threads,
+        load_s=load_s, prompt_tokens=result.usage.prompt_tokens,
+        new_tokens=result.usage.completion_tokens, ttft_s=result.timings.first_token_s,
+        prefill_s=result.timings.first_token_s, decode_s=result.timings.decode_s,
+        peak_rss_mb=peak_rss_mb(), token_ids=list(result.token_ids), extra=extra,
+    ))
+    return 0
+
+
+def _measure_streams(
+    engine: object, ids: list[int], max_new: int, streams: int, single: _Timed
+) -> dict[str, object]:
+    """Measure ``streams`` concurrent generations, batched when the graph allows it."""
+    from edge_runtime.engine.batching import BatchingEngine
+    from edge_runtime.engine.engine import OnnxEngine
+
+    assert isinstance(engine, OnnxEngine)
+    if engine.manifest.graph.kind != "gqa":
+        figures = _streams_figures(single, _concurrent(engine, ids, max_new, streams))
+        return {**figures, "batching": False}
+    batching = BatchingEngine(engine, max_batch=streams)
+    try:
+        _run(batching, ids[:16], 4)  # warm the batched shapes once
+        runs = _concurrent(batching, ids, max_new, streams)
+        return {**_streams_figures(single, runs), "batching": True,
+                "peak_batch": batching.peak_batch}
+    finally:
+        batching.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
