@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.fixtures.broker import MosquittoBroker
@@ -95,3 +97,31 @@ def test_mosquitto_rr_round_trip(
     final = json.loads(out.decode().strip().splitlines()[-1])
     assert_final(final)
     assert final["finish_reason"] in ("stop", "length")
+
+
+def test_shared_pool_splits_requests_between_devices(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    for name in ("pool-a", "pool-b"):
+        daemon_factory(broker, service={"device_id": name, "shared_group": "workers",
+                                        "state_dir": str(tmp_path / name)})
+    client = client_factory(broker.port)
+    client.subscribe("pool/#")
+    client.subscribe("edge/+/stats")
+    topics = [f"pool/{i}" for i in range(10)]
+    for i, topic in enumerate(topics):
+        client.publish("edge/pool/request", {"id": f"p{i}", "prompt": "Hi", "stream": False},
+                       response_topic=topic)
+    assert client.wait_for(lambda _r: all(client.finals(t) for t in topics), 30)
+    time.sleep(0.5)
+    assert all(len(client.finals(t)) == 1 for t in topics)
+
+    def accepted(device: str) -> int:
+        stats = client.on(f"edge/{device}/stats")
+        return stats[-1].json()["counters"]["accepted"] if stats else 0
+
+    assert client.wait_for(lambda _r: accepted("pool-a") + accepted("pool-b") == 10, 5)
+    assert accepted("pool-a") > 0 and accepted("pool-b") > 0, "both devices took work"
