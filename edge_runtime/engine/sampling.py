@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_FIRST_CANDIDATES = 64  # top_p looks at this many best tokens first, then widens
+_TOP_P_CUTOFFS = (1e-2, 1e-4, 1e-6, 0.0)  # top_p sorts the entries above the first that holds p
+_FLOOR = np.float32(-80.0)
+_DRAW_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -39,59 +41,96 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - np.max(logits))
-    result: np.ndarray = shifted / shifted.sum()
-    return result
+    """Return float32 probabilities for ``logits`` (normalized with a float64 sum)."""
+    values = np.asarray(logits, dtype=np.float32)
+    probs = values - values.max()
+    # exp(-80) is still a normal float32: no slow denormals, and such tokens are never drawn.
+    np.maximum(probs, _FLOOR, out=probs)
+    np.exp(probs, out=probs)
+    probs *= np.float32(1.0 / probs.sum(dtype=np.float64))
+    return probs
 
 
-def top_k_mask(probs: np.ndarray, k: int) -> np.ndarray:
-    """Keep the ``k`` most likely tokens (ties at the edge kept too)."""
-    if k <= 0 or k >= probs.size:
-        return np.ones(probs.size, dtype=bool)
-    kth = np.partition(probs, probs.size - k)[probs.size - k]
-    keep: np.ndarray = probs >= kth
-    return keep
+def top_k_ids(scores: np.ndarray, k: int) -> np.ndarray:
+    """Return the ids of the ``k`` highest scores (ties at the edge kept too)."""
+    kth = scores[np.argpartition(scores, scores.size - k)[scores.size - k]]
+    return np.flatnonzero(scores >= kth)
 
 
-def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
-    """Keep the fewest most likely tokens whose probabilities add up to at least ``p``."""
-    if p >= 1.0:
-        return np.ones(probs.size, dtype=bool)
-    count = min(_FIRST_CANDIDATES, probs.size)
-    while True:
-        best = np.argpartition(probs, probs.size - count)[probs.size - count :]
-        if count == probs.size or probs[best].sum() >= p:
+def top_p_keep(probs: np.ndarray, p: float) -> np.ndarray:
+    """Return positions of the fewest most likely entries whose sum reaches ``p``.
+
+    Only a pool of likely entries is sorted: if the entries above a cut-off already hold
+    mass ``p``, the answer lies among them (all others are less likely).
+    """
+    best_prob = probs.max()
+    for ratio in _TOP_P_CUTOFFS:
+        pool = np.flatnonzero(probs >= best_prob * ratio)
+        if probs[pool].sum(dtype=np.float64) >= p:
             break
-        count = min(count * 8, probs.size)
-    best = best[np.argsort(-probs[best], kind="stable")]
-    cumulative = np.cumsum(probs[best])
-    # A token stays if the mass before it is still short of p.
+    best = pool[np.argsort(-probs[pool], kind="stable")]
+    # An entry stays while the mass before it is still short of p.
+    cumulative = np.cumsum(probs[best], dtype=np.float64)
     needed = int(np.searchsorted(cumulative, p, side="left")) + 1
-    keep = np.zeros(probs.size, dtype=bool)
-    keep[best[:needed]] = True
-    return keep
+    return best[:needed]
 
 
-def min_p_mask(probs: np.ndarray, min_p: float) -> np.ndarray:
-    """Keep tokens at least ``min_p`` times as likely as the most likely one."""
-    if min_p <= 0.0:
-        return np.ones(probs.size, dtype=bool)
-    keep: np.ndarray = probs >= min_p * probs.max()
-    return keep
+def min_p_keep(probs: np.ndarray, min_p: float) -> np.ndarray:
+    """Return positions of entries at least ``min_p`` times as likely as the best."""
+    return np.flatnonzero(probs >= min_p * probs.max())
+
+
+def candidates(
+    logits: np.ndarray, config: SamplerConfig
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Return the token ids the sampler may draw and their renormalized probabilities.
+
+    Each filter works on what the previous one kept, renormalized: top_k on the scaled
+    logits, then top_p, then min_p on the probabilities. Ids are None when every token is
+    still a candidate (positions are then the ids), which saves a gather on big vocabularies.
+    """
+    scaled = np.asarray(logits, dtype=np.float32) / np.float32(config.temperature)
+    ids: np.ndarray | None = None
+    if 0 < config.top_k < scaled.size:
+        ids = top_k_ids(scaled, config.top_k)
+        scaled = scaled[ids]
+    probs = softmax(scaled)
+    if config.top_p < 1.0:
+        ids, probs = _narrow(ids, probs, top_p_keep(probs, config.top_p))
+    if config.min_p > 0.0:
+        ids, probs = _narrow(ids, probs, min_p_keep(probs, config.min_p))
+    return ids, probs
+
+
+def _narrow(
+    ids: np.ndarray | None, probs: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    kept = probs[keep]
+    return (keep if ids is None else ids[keep]), kept / kept.sum(dtype=np.float64)
+
+
+def draw(probs: np.ndarray, uniform: float) -> int:
+    """Return the position where the cumulative sum of ``probs`` passes ``uniform`` of it.
+
+    A full cumulative sum over a 150k vocabulary costs milliseconds a token; block sums
+    find the block first, then only that block is summed up.
+    """
+    starts = np.arange(0, probs.size, _DRAW_BLOCK)
+    blocks = np.cumsum(np.add.reduceat(probs, starts), dtype=np.float64)
+    target = uniform * blocks[-1]
+    block = min(int(np.searchsorted(blocks, target, side="right")), blocks.size - 1)
+    target -= blocks[block - 1] if block else 0.0
+    inner = np.cumsum(probs[starts[block] : starts[block] + _DRAW_BLOCK], dtype=np.float64)
+    position = min(int(np.searchsorted(inner, target, side="right")), inner.size - 1)
+    return int(starts[block]) + position
 
 
 def filtered_distribution(logits: np.ndarray, config: SamplerConfig) -> np.ndarray:
-    """Return the probabilities the sampler draws from (after temperature and filters)."""
-    probs = softmax(logits.astype(np.float64) / config.temperature)
-    probs = _renormalized(probs, top_k_mask(probs, config.top_k))
-    probs = _renormalized(probs, top_p_mask(probs, config.top_p))
-    return _renormalized(probs, min_p_mask(probs, config.min_p))
-
-
-def _renormalized(probs: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    kept = np.where(keep, probs, 0.0)
-    result: np.ndarray = kept / kept.sum()
-    return result
+    """Return the full-vocabulary distribution the sampler draws from."""
+    ids, probs = candidates(logits, config)
+    full = np.zeros(np.asarray(logits).size, dtype=np.float64)
+    full[slice(None) if ids is None else ids] = probs
+    return full
 
 
 class Sampler:
@@ -125,7 +164,6 @@ class Sampler:
             apply_repetition_penalty(logits, seen, config.repetition_penalty)
         if config.greedy:
             return int(np.argmax(logits))
-        probs = filtered_distribution(logits, config)
-        candidates = np.flatnonzero(probs)
-        weights = probs[candidates]
-        return int(self._rng.choice(candidates, p=weights / weights.sum()))
+        ids, probs = candidates(logits, config)
+        position = draw(probs, self._rng.random())
+        return position if ids is None else int(ids[position])

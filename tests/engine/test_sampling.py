@@ -11,6 +11,7 @@ from edge_runtime.engine.sampling import (
     Sampler,
     SamplerConfig,
     apply_repetition_penalty,
+    draw,
     filtered_distribution,
     softmax,
 )
@@ -103,3 +104,23 @@ def test_softmax_is_stable_for_large_logits() -> None:
     probs = softmax(np.array([1000.0, 999.0]))
     assert np.isfinite(probs).all()
     assert probs.sum() == pytest.approx(1.0)
+
+
+def test_draw_finds_the_token_across_vocabulary_blocks() -> None:
+    probs = np.zeros(151_936, dtype=np.float32)
+    probs[[5, 3000, 150_000]] = [0.3, 0.2, 0.5]
+    assert draw(probs, 0.0) == 5
+    assert draw(probs, 0.29) == 5
+    assert draw(probs, 0.31) == 3000
+    assert draw(probs, 0.51) == 150_000
+    assert draw(probs, 0.999999) == 150_000
+
+
+def test_wide_vocabulary_draws_follow_the_distribution() -> None:
+    logits = np.full(50_000, -30.0, dtype=np.float32)
+    logits[[10, 20_000, 49_999]] = np.log([0.2, 0.3, 0.5])
+    sampler = Sampler(SamplerConfig(temperature=1.0, seed=3), logits.size, history=[])
+    got = np.bincount([sampler.sample(logits) for _ in range(3000)], minlength=logits.size)
+    assert got[10] + got[20_000] + got[49_999] == 3000
+    assert got[49_999] / 3000 == pytest.approx(0.5, abs=0.04)
+    assert got[10] / 3000 == pytest.approx(0.2, abs=0.04)
