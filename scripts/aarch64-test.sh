@@ -111,21 +111,44 @@ assert platform.machine() == "aarch64"'
         env PYTHONPATH="$REPO:$SITE" PYTHONDONTWRITEBYTECODE=1 \
         qemu-aarch64-static -L "$ROOT" "$ROOT/usr/bin/python3.11" -m pytest -q \
         -p no:cacheprovider "${IGNORES[@]}" "${DESELECT[@]}" ${PYTEST_ARGS:-} "${ENGINE_TESTS[@]}")
-    step "aarch64: load the host-converted int4 bundle and generate"
-    (cd "$REPO" && nice -n 10 env PYTHONPATH="$REPO:$SITE" \
-        qemu-aarch64-static -L "$ROOT" "$ROOT/usr/bin/python3.11" -c '
+    local bundle
+    for bundle in "$CACHE/bundle-tiny-llama-fp32" "$CACHE/bundle-tiny-llama-int4-cli"; do
+        compare_generation "$bundle"
+    done
+}
+
+compare_generation() {
+    local bundle=$1 host_out arm_out host_ids arm_ids
+    step "generate greedily from $(basename "$bundle") on the host, then on aarch64"
+    host_out=$(cd "$REPO" && "$HOST_PY" -c "$SMOKE" "$bundle")
+    printf '%s\n' "$host_out"
+    arm_out=$(cd "$REPO" && nice -n 10 env PYTHONPATH="$REPO:$SITE" \
+        qemu-aarch64-static -L "$ROOT" "$ROOT/usr/bin/python3.11" -c "$SMOKE" "$bundle")
+    printf '%s\n' "$arm_out"
+    host_ids=$(printf '%s\n' "$host_out" | tail -n 1)
+    arm_ids=$(printf '%s\n' "$arm_out" | tail -n 1)
+    if [ "$host_ids" = "$arm_ids" ]; then
+        echo "greedy tokens: identical on x86_64 and aarch64"
+    else
+        # Kernels differ per instruction set in summation order, and a random tiny model has
+        # near-ties: report the difference, do not fail on it.
+        echo "greedy tokens differ between x86_64 and aarch64 (kernel rounding on near-ties)"
+    fi
+}
+
+SMOKE='
 import platform, sys, time
 from edge_runtime.engine import EngineOptions, load_engine
 from edge_runtime.engine.types import SamplingParams
 started = time.perf_counter()
 engine = load_engine(sys.argv[1], EngineOptions(provider="cpu"))
-result = engine.generate("The field station reports", SamplingParams(max_tokens=24, temperature=0), chat=False)
-print(platform.machine(), "int4 bundle:", result.usage.completion_tokens, "tokens,",
-      result.finish_reason, f"{time.perf_counter() - started:.1f} s incl. load")
-print("token ids:", list(result.token_ids))
+params = SamplingParams(max_tokens=24, temperature=0)
+result = engine.generate("The field station reports", params, chat=False)
+print(platform.machine(), result.usage.completion_tokens, "tokens,",
+      result.finish_reason.value, f"{time.perf_counter() - started:.1f} s incl. load")
 assert result.usage.completion_tokens > 0
-' "$CACHE/bundle-tiny-llama-int4-cli")
-}
+print("token ids:", list(result.token_ids))
+'
 
 main() {
     local started=$SECONDS
