@@ -26,11 +26,11 @@ from edge_runtime.service.protocol import (
     ReplyPlace,
     Request,
     RequestParser,
-    Topics,
-    chunk_payload,
 )
+from edge_runtime.service.replies import chunk_payload
 from edge_runtime.service.store import OutboxItem, Store, StoreError
 from edge_runtime.service.telemetry import Counters, info_payload, stats_payload, status_payload
+from edge_runtime.service.topics import Topics
 from edge_runtime.service.transport import (
     Connected,
     Disconnected,

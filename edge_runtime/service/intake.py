@@ -21,8 +21,8 @@ from edge_runtime.service.protocol import (
     RequestParser,
     RequestRejected,
     decode_json,
-    error_payload,
 )
+from edge_runtime.service.replies import cancelled_payload, error_payload
 from edge_runtime.service.store import Store, StoreError
 from edge_runtime.service.telemetry import Counters
 from edge_runtime.service.worker import Job, JobQueue, Worker
@@ -30,15 +30,6 @@ from edge_runtime.service.worker import Job, JobQueue, Worker
 log = logging.getLogger(__name__)
 
 SendFinal = Callable[[str | None, dict[str, Any], ReplyPlace], None]
-
-
-def cancelled_payload(request_id: str) -> dict[str, Any]:
-    """Build the final message for a request cancelled before it started."""
-    return {
-        "id": request_id, "done": True, "text": "", "finish_reason": "cancelled",
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        "timings": {"queued_s": 0.0},
-    }
 
 
 class Intake:

@@ -1,4 +1,4 @@
-"""Parse and validate requests, decide where replies go, and build reply payloads.
+"""Parse and validate requests and decide where their replies go.
 
 Nothing here touches the network or the engine: an :class:`Inbound` message goes in, a
 :class:`Request` (or a :class:`RequestRejected` naming where to send the error) comes out.
@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_runtime.engine.types import ChatMessage, GenerationResult, Prompt, SamplingParams
+from edge_runtime.engine.types import ChatMessage, Prompt, SamplingParams
 from edge_runtime.errors import BadRequest, EdgeRuntimeError
+from edge_runtime.service.topics import Topics, topic_refusal
 
-MAX_TOPIC_BYTES = 256
 MAX_ID_CHARS = 128
 PARSE_LIMIT_BYTES = 16 * 1024 * 1024
 """Above this a payload is not even parsed; only a v5 Response Topic can receive the error."""
@@ -45,52 +45,6 @@ class Inbound:
 class ReplyPlace:
     topic: str
     correlation_data: bytes | None = None
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The topic names of one device."""
-
-    prefix: str
-    device: str
-    shared_group: str | None = None
-
-    @property
-    def base(self) -> str:
-        return f"{self.prefix}/{self.device}"
-
-    @property
-    def request(self) -> str:
-        return f"{self.base}/request"
-
-    @property
-    def cancel(self) -> str:
-        return f"{self.base}/cancel"
-
-    @property
-    def status(self) -> str:
-        return f"{self.base}/status"
-
-    @property
-    def info(self) -> str:
-        return f"{self.base}/info"
-
-    @property
-    def stats(self) -> str:
-        return f"{self.base}/stats"
-
-    @property
-    def pool_request(self) -> str | None:
-        """The shared-subscription filter several devices split, if a group is configured."""
-        if self.shared_group is None:
-            return None
-        return f"$share/{self.shared_group}/{self.prefix}/pool/request"
-
-    def response(self, request_id: str) -> str:
-        return f"{self.base}/response/{request_id}"
-
-    def is_request_topic(self, topic: str) -> bool:
-        return topic == self.request or topic == f"{self.prefix}/pool/request"
 
 
 class _Body(BaseModel):
@@ -193,28 +147,6 @@ class RequestRejected(Exception):
         self.error = error
         self.request_id = request_id
         self.reply = reply
-
-
-def topic_refusal(topic: str, topics: Topics) -> str | None:
-    """Say why ``topic`` may not receive replies, or return None when it may.
-
-    A reply topic must be non-empty, at most 256 bytes, free of wildcards and NUL, must not
-    start with ``$``, and inside the ``<prefix>/`` namespace it must be under this device's
-    ``<prefix>/<device>/response/``; outside that namespace any topic is allowed.
-    """
-    if not topic:
-        return "reply topic is empty"
-    if len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
-        return f"reply topic is longer than {MAX_TOPIC_BYTES} bytes"
-    if "+" in topic or "#" in topic:
-        return "reply topic has a wildcard"
-    if "\0" in topic or not topic.isprintable():
-        return "reply topic has control characters"
-    if topic.startswith("$"):
-        return "reply topic starts with $"
-    if topic.startswith(topics.prefix + "/") and not topic.startswith(topics.base + "/response/"):
-        return f"reply topic is inside {topics.prefix}/ but not under {topics.base}/response/"
-    return None
 
 
 def _valid_id(value: Any) -> str | None:
@@ -366,45 +298,3 @@ def _first_problem(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown field"
     return f"{loc}: {err['msg']}"
-
-
-def chunk_payload(request_id: str, seq: int, delta: str) -> bytes:
-    """Build one stream chunk."""
-    return json.dumps({"id": request_id, "seq": seq, "delta": delta}).encode()
-
-
-def _timings(result: GenerationResult | None, queued_s: float) -> dict[str, float]:
-    if result is None:
-        return {"queued_s": round(queued_s, 4)}
-    t = result.timings
-    out = {
-        "queued_s": round(queued_s, 4), "prefill_s": round(t.prefill_s, 4),
-        "decode_s": round(t.decode_s, 4), "first_token_s": round(t.first_token_s, 4),
-    }
-    if t.decode_s > 0 and result.usage.completion_tokens > 1:
-        out["tokens_per_s"] = round((result.usage.completion_tokens - 1) / t.decode_s, 2)
-    return out
-
-
-def final_payload(request_id: str, result: GenerationResult, queued_s: float) -> dict[str, Any]:
-    """Build the final message for a finished generation."""
-    u = result.usage
-    return {
-        "id": request_id, "done": True, "text": result.text,
-        "finish_reason": result.finish_reason.value,
-        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                  "total_tokens": u.total_tokens},
-        "timings": _timings(result, queued_s),
-    }
-
-
-def error_payload(
-    request_id: str | None, error: EdgeRuntimeError, text: str = "", queued_s: float = 0.0
-) -> dict[str, Any]:
-    """Build the final message for a request that failed with ``error``."""
-    return {
-        "id": request_id, "done": True, "text": text, "finish_reason": "error",
-        "error": {"code": error.code, "message": error.message[:500]},
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        "timings": _timings(None, queued_s),
-    }

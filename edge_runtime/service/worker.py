@@ -16,7 +16,8 @@ from typing import Any
 
 from edge_runtime.engine.types import Engine, FinishReason
 from edge_runtime.errors import EdgeRuntimeError, Expired, InternalError, ShuttingDown
-from edge_runtime.service.protocol import Request, error_payload, final_payload
+from edge_runtime.service.protocol import Request
+from edge_runtime.service.replies import error_payload, final_payload
 from edge_runtime.service.transport import EventQueue
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,8 @@ from edge_runtime.service.protocol import (
     Request,
     RequestParser,
     RequestRejected,
-    Topics,
-    topic_refusal,
 )
+from edge_runtime.service.topics import Topics, topic_refusal
 from tests.service.schemas import assert_request
 
 TOPICS = Topics("edge", "dev1")
