@@ -70,7 +70,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "unless --raw).",
     )
     parser.add_argument("bundle", type=Path, help="bundle directory")
-    parser.add_argument("prompt", nargs="?", default="-", help="the prompt ('-' reads stdin)")
+    # Required, not nargs="?": argparse would otherwise bind an empty prompt to BUNDLE
+    # and reject a prompt written after an option (run BUNDLE --raw "text").
+    parser.add_argument("prompt", help="the prompt ('-' reads it from stdin)")
     parser.add_argument("--raw", action="store_true", help="plain completion, no chat template")
     parser.add_argument("--system", help="a system message before the prompt (chat only)")
     parser.add_argument("--stats", action="store_true", help="print timings to stderr")
