@@ -158,7 +158,7 @@ class Daemon:
 
     def _on_connected(self, event: Connected) -> None:
         if not event.ok:
-            log.error("broker refused the connection: %s", event.reason)
+            log.error("cannot connect to the broker: %s", event.reason)
             return
         log.info("connected to the broker (session present: %s)", event.session_present)
         filters = [self.topics.request, self.topics.cancel]

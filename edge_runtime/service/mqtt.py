@@ -54,6 +54,7 @@ class PahoTransport:
             max(1, int(config.reconnect_min_s)), max(1, int(config.reconnect_max_s))
         )
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_publish = self._on_publish
@@ -85,6 +86,13 @@ class PahoTransport:
             self._put(Connected(ok, str(reason), bool(getattr(flags, "session_present", False))))
         except Exception:  # a callback must never raise
             log.exception("connect callback")
+
+    def _on_connect_fail(self, _c: Any, _u: Any) -> None:
+        try:
+            where = f"{self._config.host}:{self._config.port}"
+            self._put(Connected(False, f"{where} unreachable (network or TLS failure)"))
+        except Exception:
+            log.exception("connect-fail callback")
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.broker import BrokerAuth, MosquittoBroker
+from tests.fixtures.broker import BrokerAuth, MosquittoBroker, Pki
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
 
@@ -25,8 +25,8 @@ def service_bundle(tiny_bundle: Callable[..., Path]) -> Path:
 def broker_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
     started: list[MosquittoBroker] = []
 
-    def make(auth: BrokerAuth | None = None) -> MosquittoBroker:
-        broker = MosquittoBroker(tmp_path / f"broker{len(started)}", auth)
+    def make(auth: BrokerAuth | None = None, pki: Pki | None = None) -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path / f"broker{len(started)}", auth, pki)
         broker.start()
         started.append(broker)
         return broker

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -33,6 +34,7 @@ class Probe:
     def __init__(
         self, port: int, *, v5: bool = True, username: str | None = None,
         password: str | None = None, client_id: str | None = None, persistent: bool = False,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.v5 = v5
         self.port = port
@@ -49,6 +51,9 @@ class Probe:
         self._subs: list[str] = []
         if username:
             self._client.username_pw_set(username, password)
+        if tls is not None:
+            ca, cert, key = tls
+            self._client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.fixtures.broker import BrokerAuth, MosquittoBroker, User
+from tests.fixtures.broker import BrokerAuth, MosquittoBroker, User, make_pki
 from tests.service.conftest import DEVICE
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
@@ -112,4 +112,41 @@ def test_wrong_password_is_refused_and_daemon_keeps_retrying(
         pass
     else:
         raise AssertionError("the daemon must not report READY without a broker session")
-    assert "refused the connection" in daemon.log()
+    assert "cannot connect to the broker: Not authorized" in daemon.log()
+
+
+def test_tls_with_verified_ca_and_client_certificate(
+    tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    tls_broker = broker_factory(pki=pki)
+    daemon_factory(tls_broker, broker={"tls": {
+        "ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
+        "key_file": str(pki.client_key)}})
+    probe = client_factory(tls_broker.port, tls=(pki.ca, pki.client_cert, pki.client_key))
+    probe.subscribe("tls/reply")
+    probe.publish(REQUEST, {"id": "tls", "prompt": "Hi"}, response_topic="tls/reply")
+    assert_final(probe.wait_final("tls/reply"))
+
+
+def test_tls_refuses_a_broker_signed_by_another_ca(
+    tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other")
+    tls_broker = broker_factory(pki=pki)
+    daemon = daemon_factory(tls_broker, start=False, broker={"tls": {
+        "ca_file": str(other.ca), "cert_file": str(pki.client_cert),
+        "key_file": str(pki.client_key)}})
+    try:
+        daemon.start(timeout=4)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("connected to a broker whose certificate it cannot verify")
+    assert "TLS failure" in daemon.log()
