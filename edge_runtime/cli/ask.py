@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL")
     p.add_argument("--device-id", default=socket.gethostname(), help="device to ask")
     p.add_argument("--prefix", default="edge", help="topic prefix")
+    p.add_argument("--reply-topic",
+                   help="where the answer should go (default: <prefix>-ask/<random id>)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
     p.add_argument("--max-tokens", type=int, help="most tokens to generate")
     p.add_argument("--temperature", type=float, help="0 for greedy")
@@ -82,7 +84,7 @@ def _wait(inbox: queue.SimpleQueue[Any], kind: str, deadline: float) -> Any:
 def run(args: argparse.Namespace) -> int:
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     request_id = uuid.uuid4().hex
-    reply_topic = f"{args.prefix}-ask/{request_id}"
+    reply_topic = args.reply_topic or f"{args.prefix}-ask/{request_id}"
     deadline = time.monotonic() + args.timeout
     try:
         client = _client(args, inbox)

@@ -65,13 +65,25 @@ class Intake:
         if self.stopping:
             self._reject(ShuttingDown("the daemon is stopping"), req.id, req.reply)
             return
-        if self._answered_from_record(req, msg.dup):
+        try:
+            self._admit(req, msg.dup)
+        except StoreError as exc:
+            self.counters.store_errors += 1
+            log.error("request %s refused: %s", req.id, exc.message)
+            self._reject(exc, req.id, req.reply)
+
+    def _admit(self, req: Request, redelivered: bool) -> None:
+        """De-duplicate, check expiry and room, then record and queue the request."""
+        if self._answered_from_record(req, redelivered):
             return
         if req.deadline is not None and time.time() >= req.deadline:
             self._reject(Expired("the request expired before it was accepted"), req.id, req.reply)
             return
-        if len(self.jobs) >= self.jobs.size or self.store.outbox_size() >= self._outbox_limit:
+        if len(self.jobs) >= self.jobs.size:
             self._reject(Busy(f"queue full ({self.jobs.size} waiting)"), req.id, req.reply)
+            return
+        if self.store.outbox_size() >= self._outbox_limit:
+            self._reject(Busy("too many replies wait for the broker"), req.id, req.reply)
             return
         self._accept(req)
 
@@ -91,13 +103,7 @@ class Intake:
         return True
 
     def _accept(self, req: Request) -> None:
-        try:
-            self.store.accept(req.key, req.to_record())
-        except StoreError as exc:
-            self.counters.store_errors += 1
-            log.error("request %s refused: %s", req.id, exc.message)
-            self._reject(exc, req.id, req.reply)
-            return
+        self.store.accept(req.key, req.to_record())
         self.counters.accepted += 1
         self.jobs.put(Job(req), force=True)
         log.debug("accepted %s (deadline %s, %d queued)", req.id, req.deadline, len(self.jobs))

@@ -87,11 +87,16 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write the state store {self.path}: {exc}") from None
 
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the state store {self.path}: {exc}") from None
+
     def lookup(self, key: str) -> Record | None:
         """Return the record of an accepted request, if any."""
-        row = self._db.execute(
-            "SELECT record, state, final FROM requests WHERE key = ?", (key,)
-        ).fetchone()
+        rows = self._read("SELECT record, state, final FROM requests WHERE key = ?", (key,))
+        row = rows[0] if rows else None
         if row is None:
             return None
         return Record(row[0], row[1], json.loads(row[2]) if row[2] else None)
@@ -105,9 +110,7 @@ class Store:
 
     def pending(self) -> list[str]:
         """Return the records of accepted requests not yet answered, oldest first."""
-        rows = self._db.execute(
-            "SELECT record FROM requests WHERE state = 'pending' ORDER BY created"
-        ).fetchall()
+        rows = self._read("SELECT record FROM requests WHERE state = 'pending' ORDER BY created")
         return [r[0] for r in rows]
 
     def finish(
@@ -146,13 +149,11 @@ class Store:
         self._write([("DELETE FROM outbox WHERE seq = ?", (seq,))])
 
     def outbox(self) -> list[OutboxItem]:
-        rows = self._db.execute(
-            "SELECT seq, topic, payload, correlation FROM outbox ORDER BY seq"
-        ).fetchall()
+        rows = self._read("SELECT seq, topic, payload, correlation FROM outbox ORDER BY seq")
         return [OutboxItem(r[0], r[1], bytes(r[2]), r[3]) for r in rows]
 
     def outbox_size(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return int(self._read("SELECT COUNT(*) FROM outbox")[0][0])
 
     def prune(self, older_than_s: float) -> int:
         """Forget answered requests older than ``older_than_s``; return how many."""
