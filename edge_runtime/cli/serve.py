@@ -48,14 +48,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_runtime.service.model import resolve_profile
+
     try:
         config = config_from_args(args)
+        profile = resolve_profile(config)
     except ConfigError as exc:
         for line in exc.problems:
             print(f"edge-runtime: config: {line}", file=sys.stderr)
         return 1
     if args.check_config:
-        print(f"config ok: {config.summary()}")
+        name = getattr(profile, "name", "none")
+        print(f"config ok: {config.summary()}, device profile {name}")
         return 0
     return serve(config)
 

@@ -31,9 +31,12 @@ def resolve_profile(config: Config) -> Any | None:
     name = config.device.profile
     try:
         profile = detect() if name == "auto" else load(name)
-        return profile.merged(config.device.overrides) if config.device.overrides else profile
     except ValueError as exc:
         raise ConfigError(f"device.profile: {exc}") from None
+    try:
+        return profile.merged(config.device.overrides) if config.device.overrides else profile
+    except ValueError as exc:
+        raise ConfigError(f"device.overrides: {exc}") from None
 
 
 def engine_threads(config: Config, profile: Any | None) -> int | None:

@@ -79,3 +79,14 @@ def test_check_config_flags_override_the_file(tmp_path: Path, service_bundle: Pa
                 "--broker", "mqtt://10.0.0.5:1884", "--device-id", "field-3", "--check-config")
     assert done.returncode == 0, done.stderr
     assert "field-3" in done.stdout and "mqtt://10.0.0.5:1884" in done.stdout
+
+
+def test_check_config_validates_the_device_profile(tmp_path: Path, service_bundle: Path) -> None:
+    base = {"service": {"state_dir": str(tmp_path)}, "model": {"bundle": str(service_bundle)}}
+    unknown = write_config(tmp_path / "p1.toml", {**base, "device": {"profile": "no-such-board"}})
+    done = _cli("serve", "--config", str(unknown), "--check-config")
+    assert done.returncode == 1 and "config: device.profile: " in done.stderr
+    bad = write_config(tmp_path / "p2.toml",
+                       {**base, "device": {"overrides": {"colour": "red"}}})
+    done = _cli("serve", "--config", str(bad), "--check-config")
+    assert done.returncode == 1 and "config: device.overrides: " in done.stderr
