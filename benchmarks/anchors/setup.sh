@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Build the anchor environment: onnxruntime-genai and llama-cpp-python in their own venv,
-# plus the genai model builder's converter deps, then the anchor models.
+# plus what the genai model builder needs, then the anchor models.
+#
+# The builder of onnxruntime-genai 0.18 imports model classes that only transformers 5.x has,
+# so the anchor venv carries a newer transformers than the convert extra (< 4.58). The GGUF
+# is dequantized by the MAIN interpreter (its transformers is the one whose GGUF loading this
+# project checked); the builder then runs in the anchor venv on that fp32 folder.
 #
 #   bash benchmarks/anchors/setup.sh            # venv + models
 #   bash benchmarks/anchors/setup.sh venv       # venv only
@@ -25,8 +30,8 @@ build_venv() {
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
     # torch: only ever this exact version (a local CPU wheel); anything else pulls CUDA builds.
-    "$VENV/bin/pip" install -q "torch==2.13.0" "transformers<4.58" gguf accelerate \
-        onnx onnx_ir numpy sentencepiece protobuf
+    "$VENV/bin/pip" install -q "torch==2.13.0" "transformers>=5.5,<6" gguf accelerate \
+        onnx onnx_ir numpy sentencepiece protobuf tokenizers
     "$VENV/bin/pip" install -q "onnxruntime-genai==$GENAI_VERSION"
     if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
         CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
@@ -37,7 +42,9 @@ print('genai', onnxruntime_genai.__version__, 'llama_cpp', llama_cpp.__version__
 }
 
 build_models() {
-    nice -n 10 "$VENV/bin/python" "$HERE/prepare_models.py" --anchor-dir "$ANCHOR_DIR" "${@}"
+    export TQDM_DISABLE=1
+    nice -n 10 "${MAIN_PYTHON:-python3}" "$HERE/dequantize.py" "$@"
+    nice -n 10 "$VENV/bin/python" "$HERE/prepare_models.py" --anchor-dir "$ANCHOR_DIR" "$@"
 }
 
 case "$STEP" in
