@@ -162,7 +162,28 @@ def _assemble(spec: sources.ModelSpec, args: argparse.Namespace, plans: list[Sta
         else:
             out["streams"] = extra
             out["tables"]["streams"] = report.streams_table(extra)  # type: ignore[index]
+    if args.quality:
+        out["quality"] = _quality(spec, args, prompt_file.parent)
     return out
+
+
+def _quality(spec: sources.ModelSpec, args: argparse.Namespace,
+             work: Path) -> list[dict[str, object]] | str:
+    """Run the quality guard for ``spec`` in a fresh interpreter."""
+    if not (sources.bundle_path(spec, "fp32") / "manifest.json").is_file():
+        return f"no fp32 bundle at {sources.bundle_path(spec, 'fp32')}"
+    _progress(f"[{spec.key}] quality guard")
+    out = work / f"quality-{spec.key}.json"
+    cmd = [sys.executable, str(sources.REPO / "benchmarks" / "quality.py"), "--model", spec.key,
+           "--threads", str(args.threads), "--json", str(out)]
+    for quant in args.quant:
+        if quant in ("int4", "int8"):
+            cmd += ["--quant", quant]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=sources.REPO)
+    if proc.returncode != 0 or not out.is_file():
+        return f"quality failed: {proc.stderr.strip().splitlines()[-1:]}"
+    rows: list[dict[str, object]] = json.loads(out.read_text())
+    return rows
 
 
 def _agreement(ran: list[report.StackSummary]) -> dict[str, int]:
@@ -187,6 +208,13 @@ def print_model(key: str, data: dict[str, object]) -> None:
     for name in ("stacks", "ratios", "targets", "streams"):
         if name in tables:
             print(tables[name] + "\n")
+    quality = data.get("quality")
+    if isinstance(quality, list) and quality:
+        from benchmarks.quality import quality_table
+
+        print(quality_table(quality) + "\n")
+    elif quality:
+        print(f"quality: {quality}")
     print(f"greedy tokens shared with edge-runtime's first run: {data['agreement']}")
     for note in [*data["skipped"], *data["errors"]]:  # type: ignore[misc]
         print(f"note: {note}")
@@ -203,6 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="edge-runtime bundles to run (default: int4 and int8)")
     parser.add_argument("--streams", type=int, default=4,
                         help="concurrent streams for the int4 bundle (1 skips it)")
+    parser.add_argument("--quality", action="store_true",
+                        help="also run the quality guard (int4/int8 against fp32)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     args.quant = args.quant or ["int4", "int8"]
