@@ -32,9 +32,9 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$DESTDIR" ] || [ "$(id -u)" = 0 ] || die "run as root (or stage with --destdir DIR)"
 
-# shellcheck disable=SC1091
-. <(sed 's/^/T_/' "$HERE/target.txt")
-want=$T_python
+target() { sed -n "s/^$1=//p" "$HERE/target.txt"; }
+want=$(target python)
+BUNDLE_NAME=$(target bundle)
 have=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [ "$have" = "$want" ] || die "the wheelhouse is for Python $want, this board has $have ($PY); rebuild with offline-bundle.sh --python $have"
 
@@ -51,7 +51,7 @@ rm -rf "$VENV"
 mkdir -p "$ROOT"
 # --without-pip, then pip from its own wheel: works where python3-venv (ensurepip) is absent.
 "$PY" -m venv --without-pip "$VENV"
-PIP_WHEEL=$(ls "$HERE"/wheelhouse/pip-*.whl | head -n 1)
+PIP_WHEEL=$(find "$HERE/wheelhouse" -name 'pip-*.whl' | head -n 1)
 "$VENV/bin/python" "$PIP_WHEEL/pip" install -q --no-index --find-links "$HERE/wheelhouse" pip
 PIP=("$VENV/bin/python" -m pip install -q --no-index --find-links "$HERE/wheelhouse")
 if ls "$HERE"/wheelhouse/onnxruntime_gpu-*.whl >/dev/null 2>&1; then
@@ -65,8 +65,8 @@ fi
 
 step "installing the model into $ROOT/models"
 mkdir -p "$ROOT/models"
-rm -rf "$ROOT/models/$T_bundle"
-cp -r "$HERE/models/$T_bundle" "$ROOT/models/"
+rm -rf "$ROOT/models/$BUNDLE_NAME"
+cp -r "$HERE/models/$BUNDLE_NAME" "$ROOT/models/"
 chmod -R a+rX "$ROOT"
 
 step "installing the configuration into $ETC"
@@ -89,7 +89,7 @@ sed "s#/opt/edge-runtime/venv#$PREFIX/venv#" "$HERE/systemd/edge-runtime.service
 cat "$UNITDIR/edge-runtime.service.d/profile.conf"
 
 step "checking the board (edge-runtime doctor)"
-"$VENV/bin/edge-runtime" doctor --config "$ETC/config.toml" --model "$ROOT/models/$T_bundle" \
+"$VENV/bin/edge-runtime" doctor --config "$ETC/config.toml" --model "$ROOT/models/$BUNDLE_NAME" \
     || echo "doctor found problems (above); fix them, then: systemctl restart edge-runtime"
 
 if [ "$START" = 1 ] && command -v systemctl >/dev/null; then

@@ -63,8 +63,8 @@ step "checking the bundle against its manifest"
 rm -rf "$OUT" "$OUT.tar.gz"
 mkdir -p "$OUT/wheelhouse" "$OUT/models" "$OUT/systemd"
 ABI=cp${PYVER/./}
-# shellcheck disable=SC2046
-PIN=(--only-binary=:all: $(platform_tags) --python-version "$PYVER" --implementation cp --abi "$ABI")
+read -ra TAGS <<<"$(platform_tags)"
+PIN=(--only-binary=:all: "${TAGS[@]}" --python-version "$PYVER" --implementation cp --abi "$ABI")
 
 step "building the edge-runtime wheel"
 "$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w "$OUT/wheelhouse" "$REPO"
@@ -86,7 +86,7 @@ cp -r "$REPO/systemd/dropins" "$OUT/systemd/"
 cp "$REPO/scripts/install-offline.sh" "$OUT/install.sh"
 chmod +x "$OUT/install.sh"
 printf 'platform=%s\npython=%s\nbundle=%s\n' "$PLATFORM" "$PYVER" "$NAME" >"$OUT/target.txt"
-(cd "$OUT" && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum >SHA256SUMS)
+(cd "$OUT" && find . -type f -print0 | sort -z | xargs -0 sha256sum >"$OUT.sums" && mv "$OUT.sums" SHA256SUMS)
 
 step "packing $OUT.tar.gz"
 tar -C "$(dirname "$OUT")" -czf "$OUT.tar.gz" "$(basename "$OUT")"

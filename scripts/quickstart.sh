@@ -100,7 +100,7 @@ install_package() {
         step "installing edge-runtime with the convert extra (torch 2.13.0, CPU)"
         # torch first and pinned: any other spec would pull a multi-GB CUDA build.
         "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
-        "$PY" -m pip install -q --disable-pip-version-check -e "$REPO[convert]"
+        "$PY" -m pip install -q --disable-pip-version-check -e "${REPO}[convert]"
     fi
     local missing=() n
     for n in $(seq 1 $PARTS); do
