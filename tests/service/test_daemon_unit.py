@@ -188,3 +188,20 @@ def test_watchdog_is_fed_only_while_the_worker_makes_progress(
         assert _wait(lambda: bool(h.transport.finals("r/hang")))
         assert pings(1.0) >= 3
     sock.close()
+
+
+def test_message_expiry_is_honoured_at_intake_and_in_the_queue(state: Path) -> None:
+    engine = FakeEngine(token_s=0.05)
+    with Harness(state, engine=engine) as h:
+        h.transport.deliver(REQ, {"id": "stale", "prompt": "hi"}, response_topic="r/stale",
+                            expiry_s=1, received_at=time.time() - 2)
+        h.transport.deliver(REQ, {"id": "long", "prompt": "hi", "max_tokens": 30},
+                            response_topic="r/long")
+        h.transport.deliver(REQ, {"id": "waits", "prompt": "hi"}, response_topic="r/waits",
+                            expiry_s=1)
+        assert _wait(lambda: all(h.transport.finals(t) for t in ("r/stale", "r/waits")))
+        for topic in ("r/stale", "r/waits"):
+            final = h.transport.finals(topic)[0]
+            assert final["error"]["code"] == "expired"
+            assert final["usage"]["completion_tokens"] == 0
+        assert engine.calls == 1, "only the long request was generated"
