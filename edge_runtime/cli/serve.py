@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         name = getattr(profile, "name", "none")
         print(f"config ok: {config.summary()}, device profile {name}")
         return 0
+    if not args.verbose:
+        # A service should say when it is ready and why it stops, not only warnings.
+        logging.getLogger("edge_runtime").setLevel(logging.INFO)
     return serve(config)
 
 
