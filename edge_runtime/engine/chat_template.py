@@ -68,9 +68,7 @@ class ChatTemplate:
             raise BundleError(f"cannot read chat template ({exc})", path) from exc
         return cls(source, bos_token=bos_token, eos_token=eos_token)
 
-    def render(
-        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
-    ) -> str:
+    def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
         """Return the prompt text for ``messages``.
 
         Raises :class:`BadRequest` when the template refuses the messages, and

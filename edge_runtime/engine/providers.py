@@ -88,9 +88,7 @@ def _tensorrt_options(options: EngineOptions) -> ProviderOptions:
     return trt
 
 
-def plan_providers(
-    options: EngineOptions, available: Sequence[str] | None = None
-) -> ProviderPlan:
+def plan_providers(options: EngineOptions, available: Sequence[str] | None = None) -> ProviderPlan:
     """Return the provider list for ``options`` given the ``available`` providers.
 
     Raises :class:`ProviderUnavailable` when ``options.require`` is set and a wanted

@@ -80,9 +80,7 @@ def min_p_keep(probs: np.ndarray, min_p: float) -> np.ndarray:
     return np.flatnonzero(probs >= min_p * probs.max())
 
 
-def candidates(
-    logits: np.ndarray, config: SamplerConfig
-) -> tuple[np.ndarray | None, np.ndarray]:
+def candidates(logits: np.ndarray, config: SamplerConfig) -> tuple[np.ndarray | None, np.ndarray]:
     """Return the token ids the sampler may draw and their renormalized probabilities.
 
     Each filter works on what the previous one kept, renormalized: top_k on the scaled

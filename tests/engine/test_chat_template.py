@@ -30,8 +30,7 @@ def test_without_generation_prompt() -> None:
 
 def test_bos_and_eos_variables_and_block_trimming() -> None:
     source = (
-        "{{ bos_token }}\n{% for m in messages %}\n"
-        "{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+        "{{ bos_token }}\n{% for m in messages %}\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
     )
     template = ChatTemplate(source, bos_token="<s>", eos_token="</s>")
     assert template.render(MESSAGES) == "<s>\nBe brief.</s>\nHi</s>\n"  # type: ignore[arg-type]

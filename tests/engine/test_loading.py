@@ -47,9 +47,7 @@ def test_optimized_graph_cache_is_written_then_reused(
     second = load_engine(kind_bundle(), options)
     assert second.report.optimized_cache_hit
     for prompt in ("Hello", "Sensors report"):
-        assert (
-            second.generate(prompt, GREEDY).token_ids == first.generate(prompt, GREEDY).token_ids
-        )
+        assert second.generate(prompt, GREEDY).token_ids == first.generate(prompt, GREEDY).token_ids
 
 
 def test_broken_cache_entry_is_rebuilt(kind_bundle: Callable[..., Path], tmp_path: Path) -> None:
