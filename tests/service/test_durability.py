@@ -158,7 +158,9 @@ def test_sigterm_finishes_in_flight_refuses_queue_and_says_stopped(
     daemon_factory: Callable[..., DaemonProcess],
     client_factory: Callable[..., Probe],
 ) -> None:
-    daemon = daemon_factory(broker)
+    daemon = daemon_factory(broker, start=False)
+    daemon.env_extra["WATCHDOG_USEC"] = "500000"
+    daemon.start()
     probe = client_factory(broker.port)
     probe.subscribe("term/#")
     probe.subscribe(f"edge/{DEVICE}/status")
@@ -168,6 +170,7 @@ def test_sigterm_finishes_in_flight_refuses_queue_and_says_stopped(
     assert probe.wait_for(lambda _r: bool(probe.chunks("term/0")), 20)
     assert daemon.terminate() == 0
     assert any("STOPPING=1" in n for n in daemon.notifications)
+    assert any(n == "WATCHDOG=1" for n in daemon.notifications), "the main loop fed the watchdog"
     _exactly_one_final_each(probe, topics, timeout=10)
     finals = [probe.finals(t)[0] for t in topics]
     assert finals[0]["finish_reason"] == "length", "the request in flight was finished"
