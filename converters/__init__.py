@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from converters.options import ConvertOptions  # noqa: E402
+from converters.options import ConvertOptions
 
 if TYPE_CHECKING:
     from converters.pipeline import convert

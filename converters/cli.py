@@ -21,12 +21,24 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--quant", choices=QUANTS, default="int4", help="weights (default int4)")
     parser.add_argument("--block-size", type=int, default=32, help="int4 block size (default 32)")
     parser.add_argument(
-        "--accuracy-level", type=int, default=4, choices=range(5), metavar="{0..4}",
+        "--accuracy-level",
+        type=int,
+        default=4,
+        choices=range(5),
+        metavar="{0..4}",
         help="int4 MatMulNBits compute accuracy level (default 4: int8 compute)",
     )
     parser.add_argument(
-        "--keep-fp32", action="append", default=[], metavar="PATTERN",
+        "--keep-fp32",
+        action="append",
+        default=[],
+        metavar="PATTERN",
         help="leave weights whose node or tensor name contains PATTERN unquantized (repeatable)",
+    )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="int4: ONNX Runtime's symmetric grid instead of affine blocks (smaller, less exact)",
     )
     parser.add_argument("--max-context", type=int, help="cap the context length (tokens)")
     parser.add_argument("--graph", choices=GRAPHS, default="auto", help="graph builder")
@@ -52,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         trust_remote_code=args.trust_remote_code,
         graph=args.graph,
+        symmetric=args.symmetric,
         overwrite=args.force,
     )
     _quiet_libraries()

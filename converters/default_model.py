@@ -136,7 +136,9 @@ def register(subparsers: Any) -> None:
         "check its sha256 and convert it to an int4 bundle. Skips work already done.",
     )
     parser.add_argument(
-        "-o", "--output", type=Path,
+        "-o",
+        "--output",
+        type=Path,
         help=f"bundle folder (default: $EDGE_RUNTIME_MODELS or ./models, then /{MODEL_NAME})",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if a bundle verifies")

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-Quant = Literal["int4", "int8", "fp32"]
-GraphChoice = Literal["auto", "optimum", "gqa"]
 QUANTS: tuple[str, ...] = ("int4", "int8", "fp32")
 GRAPHS: tuple[str, ...] = ("auto", "optimum", "gqa")
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """What to build. ``keep_fp32`` holds substrings of node or weight names left unquantized."""
+    """What to build. ``keep_fp32`` holds substrings of node or weight names left unquantized.
 
-    quant: Quant = "int4"
+    ``symmetric`` picks ONNX Runtime's symmetric int4 grid for the MatMuls instead of the
+    default affine blocks with float zero points (see converters/int4_affine.py).
+    """
+
+    quant: str = "int4"  # one of QUANTS
     block_size: int = 32
     accuracy_level: int = 4
     keep_fp32: tuple[str, ...] = field(default_factory=tuple)
     max_context: int | None = None
     trust_remote_code: bool = False
-    graph: GraphChoice = "auto"
+    graph: str = "auto"  # one of GRAPHS
+    symmetric: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -68,7 +68,11 @@ def _tokenizer_json(hf_dir: Path, work: Path, trust_remote_code: bool) -> Path:
 
 
 def _write_files(
-    stage: Path, model_files: list[Path], prepared: PreparedSource, work: Path, context: int,
+    stage: Path,
+    model_files: list[Path],
+    prepared: PreparedSource,
+    work: Path,
+    context: int,
     trust_remote_code: bool,
 ) -> bool:
     """Copy the model and write the side files; return whether a chat template was written."""
@@ -101,8 +105,11 @@ def _build(
         arch = metadata.architecture(prepared.hf_dir, config, prepared, options.max_context)
     with step(progress, f"export ({graph} graph)"):
         fp32, spec = export_graph(
-            graph, prepared.hf_dir, work / "fp32",
-            max_length=arch.context_length, trust_remote_code=options.trust_remote_code,
+            graph,
+            prepared.hf_dir,
+            work / "fp32",
+            max_length=arch.context_length,
+            trust_remote_code=options.trust_remote_code,
         )
     with step(progress, f"quantize ({options.quant})"):
         qdir = work / "quantized"
@@ -123,8 +130,13 @@ def _build(
 
 
 def _manifest(
-    name: str, prepared: PreparedSource, arch: Any, quant: Quantization, spec: GraphSpec,
-    stage: Path, has_template: bool,
+    name: str,
+    prepared: PreparedSource,
+    arch: Any,
+    quant: Quantization,
+    spec: GraphSpec,
+    stage: Path,
+    has_template: bool,
 ) -> Manifest:
     return Manifest(
         name=name,

@@ -51,8 +51,19 @@ def unquantized_weights(model: Any) -> list[str]:
 
 
 def _int4(model: Any, options: ConvertOptions, exclude: list[str]) -> Any:
+    """MatMuls: affine (default) or ORT's symmetric grid; the embedding Gather: ORT's int4."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from converters.int4_affine import quantize_matmuls_affine
+
+    ops = WEIGHT_OPS if options.symmetric else ("Gather",)
+    if not options.symmetric:
+        model = quantize_matmuls_affine(
+            model,
+            block_size=options.block_size,
+            accuracy_level=options.accuracy_level,
+            exclude=set(exclude),
+        )
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=4,
@@ -60,7 +71,7 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str]) -> Any:
         is_symmetric=True,
         accuracy_level=options.accuracy_level,
         nodes_to_exclude=exclude,
-        op_types_to_quantize=WEIGHT_OPS,
+        op_types_to_quantize=ops,
         quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     quantizer.process()
@@ -114,7 +125,7 @@ def quantize(src: Path, dst: Path, options: ConvertOptions) -> Quantization:
             bits=4,
             block_size=options.block_size,
             accuracy_level=options.accuracy_level,
-            symmetric=True,
+            symmetric=options.symmetric,
             unquantized=left,
         )
     return Quantization(method="int8_dynamic", bits=8, symmetric=True, unquantized=left)

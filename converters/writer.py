@@ -26,8 +26,8 @@ def check_output(out_dir: Path, overwrite: bool) -> None:
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".edge-runtime-probe-")
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".edge-runtime-probe-"):
+            pass
     except OSError as exc:
         raise os_error(exc, parent) from exc
 

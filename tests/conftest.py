@@ -77,9 +77,7 @@ def tiny_hf_model(converter_cache: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(
-    converter_cache: Path, tiny_hf_model: Callable[..., Path]
-) -> Callable[..., Path]:
+def tiny_bundle(converter_cache: Path, tiny_hf_model: Callable[..., Path]) -> Callable[..., Path]:
     """Return a factory: ``tiny_bundle(arch="llama", quant="fp32")`` -> a verified bundle dir."""
     built: dict[tuple[str, str], Path] = {}
 

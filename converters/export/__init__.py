@@ -8,7 +8,11 @@ from pathlib import Path
 from types import ModuleType
 
 from converters.errors import ConverterError, UnsupportedArchitecture
-from converters.export.optimum_export import export_optimum, optimum_graph_spec, supported_model_types
+from converters.export.optimum_export import (
+    export_optimum,
+    optimum_graph_spec,
+    supported_model_types,
+)
 from edge_runtime.bundle import GraphSpec
 
 

@@ -1,4 +1,4 @@
-"""Edits on an exported decoder graph: untie the lm_head, compute logits for the last position only."""
+"""Edits on an exported decoder graph: untie the lm_head, compute only the last logits."""
 
 from __future__ import annotations
 
@@ -41,9 +41,7 @@ def untie_lm_head(model: Any) -> list[str]:
             continue
         name = f"{src.input[0]}.untied_T"
         if name not in inits:
-            graph.initializer.append(
-                numpy_helper.from_array(np.ascontiguousarray(weight.T), name)
-            )
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), name))
             inits[name] = graph.initializer[-1]
             created.append(name)
         node.input[1] = name

@@ -9,7 +9,15 @@ from converters.errors import ExportError
 from edge_runtime.bundle import GraphSpec
 
 TASK = "text-generation-with-past"
-_SEQ2SEQ = {"bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "marian", "mbart", "pegasus"}
+_SEQ2SEQ = {
+    "bart",
+    "bigbird_pegasus",
+    "blenderbot",
+    "blenderbot-small",
+    "marian",
+    "mbart",
+    "pegasus",
+}
 
 
 def supported_model_types() -> set[str]:

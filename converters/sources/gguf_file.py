@@ -8,7 +8,7 @@ from pathlib import Path
 
 from converters.errors import UnsupportedArchitecture
 from converters.sources import PreparedSource
-from converters.sources.gguf_meta import GGUFMeta, read_gguf
+from converters.sources.gguf_meta import TOKEN_CONTROL, GGUFMeta, read_gguf
 from converters.sources.gguf_speed import fast_gguf_loading
 from converters.sources.gguf_tokenizer import write_tokenizer
 from edge_runtime.bundle import Source, sha256_file
@@ -31,6 +31,11 @@ def turn_end_ids(meta: GGUFMeta, template: str | None) -> list[int]:
         if value is not None:
             ids.append(int(value))
     tokens = [str(t) for t in meta.get("tokenizer.ggml.tokens", [])]
+    types = list(meta.get("tokenizer.ggml.token_type", []))
+    if "<|endoftext|>" in tokens:  # ends a document, so it ends any turn as well
+        index = tokens.index("<|endoftext|>")
+        if index < len(types) and types[index] == TOKEN_CONTROL:
+            ids.append(index)
     for marker in TURN_END_TOKENS:
         if template and marker in template and marker in tokens:
             ids.append(tokens.index(marker))
@@ -66,7 +71,8 @@ class GGUFSource:
             model = AutoModelForCausalLM.from_pretrained(
                 str(link_dir), gguf_file="model.gguf", dtype=torch.float32
             )
-        model.generation_config.eos_token_id = eos_ids
+        if model.generation_config is not None:
+            model.generation_config.eos_token_id = eos_ids
         model.save_pretrained(str(hf_dir), safe_serialization=True)
 
     def _converted_tokenizer(self, meta: GGUFMeta, link_dir: Path, work_dir: Path) -> Path | None:

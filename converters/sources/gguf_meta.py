@@ -44,8 +44,7 @@ def _check_extents(reader: Any, path: Path) -> None:
         end = int(tensor.data_offset) + int(tensor.n_bytes)
         if end > size:
             raise CorruptSource(
-                f"{path}: truncated GGUF (tensor {tensor.name} ends at byte {end}, "
-                f"file has {size})"
+                f"{path}: truncated GGUF (tensor {tensor.name} ends at byte {end}, file has {size})"
             )
     if not reader.tensors:
         raise CorruptSource(f"{path}: GGUF holds no tensors")

@@ -20,7 +20,7 @@ def fast_gguf_loading() -> Iterator[None]:
     original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
     readers: dict[tuple[str, str], Any] = {}
 
-    def reader(path: Any, mode: str = "r") -> Any:
+    def reader(path: Any, mode: Any = "r") -> Any:
         key = (str(path), mode)
         if key not in readers:
             readers[key] = original_reader(path, mode)

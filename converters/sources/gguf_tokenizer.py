@@ -59,7 +59,10 @@ def _post_processor(bos: str | None) -> dict[str, Any] | None:
         return None
     return {
         "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "single": [
+            {"SpecialToken": {"id": bos, "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+        ],
         "pair": [
             {"SpecialToken": {"id": bos, "type_id": 0}},
             {"Sequence": {"id": "A", "type_id": 0}},
@@ -103,7 +106,12 @@ def bpe_tokenizer_json(meta: GGUFMeta, add_bos: bool) -> dict[str, Any]:
         "normalizer": None,
         "pre_tokenizer": _pre_tokenizer(str(meta.get("tokenizer.ggml.pre", "default"))),
         "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -140,7 +148,9 @@ def check_tokenizer(path: Path, meta: GGUFMeta) -> None:
     for i in special_token_ids(meta):
         got = tok.encode(tokens[i], add_special_tokens=False).ids
         if got != [i]:
-            raise CorruptSource(f"{meta.path}: special token {tokens[i]!r} encodes to {got}, not [{i}]")
+            raise CorruptSource(
+                f"{meta.path}: special token {tokens[i]!r} encodes to {got}, not [{i}]"
+            )
     sample = "Hello, world! 12345\n  indented\tcafé 🙂"
     ids = tok.encode(sample, add_special_tokens=False).ids
     if tok.decode(ids) != sample:
@@ -148,7 +158,7 @@ def check_tokenizer(path: Path, meta: GGUFMeta) -> None:
 
 
 def write_tokenizer(meta: GGUFMeta, out_dir: Path, add_bos: bool, converted: Path | None) -> None:
-    """Write tokenizer.json into ``out_dir``: built from GGUF fields, or fixed from ``converted``."""
+    """Write tokenizer.json: built from the GGUF fields, or fixed from ``converted``."""
     if meta.get("tokenizer.ggml.model") == "gpt2":
         doc = bpe_tokenizer_json(meta, add_bos)
     elif converted is not None:

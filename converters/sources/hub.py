@@ -79,7 +79,5 @@ class HubSource:
         except HfHubHTTPError as exc:
             raise SourceError(f"{self.repo_id}: download failed ({exc})") from exc
         check_model_folder(folder)
-        facts = Source(
-            kind="hub", id=self.repo_id, revision=info.sha, license=read_license(folder)
-        )
+        facts = Source(kind="hub", id=self.repo_id, revision=info.sha, license=read_license(folder))
         return PreparedSource(hf_dir=folder, facts=facts)

@@ -23,7 +23,9 @@ class GraphRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         self.session = ort.InferenceSession(
-            str(Path(bundle) / self.manifest.model_file), options, providers=["CPUExecutionProvider"]
+            str(Path(bundle) / self.manifest.model_file),
+            options,
+            providers=["CPUExecutionProvider"],
         )
         self.reset()
 

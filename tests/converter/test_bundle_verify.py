@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,8 +73,12 @@ def _resave_external(bundle: Path, location: str) -> None:
 
     model = onnx.load(str(bundle / "model.onnx"))
     onnx.save_model(
-        model, str(bundle / "model.onnx"), save_as_external_data=True,
-        all_tensors_to_one_file=True, location=location, size_threshold=1024,
+        model,
+        str(bundle / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
     )
     _resign(bundle)
 

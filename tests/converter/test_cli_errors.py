@@ -25,7 +25,10 @@ def convert_cli(
         env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "edge_runtime", "convert", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -107,7 +110,9 @@ def test_hub_id_offline_fails_at_once(tmp_path: Path, offline_env: bool) -> None
     assert_nothing_valid(out)
 
 
-def test_existing_output_is_not_overwritten(tmp_path: Path, tiny_hf_model: Callable[..., Path]) -> None:
+def test_existing_output_is_not_overwritten(
+    tmp_path: Path, tiny_hf_model: Callable[..., Path]
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")

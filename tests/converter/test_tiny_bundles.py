@@ -32,7 +32,9 @@ def _encode(bundle: Path, text: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def optimum_bundle(converter_cache: Path, tiny_hf_model: Callable[..., Path]) -> Callable[..., Path]:
+def optimum_bundle(
+    converter_cache: Path, tiny_hf_model: Callable[..., Path]
+) -> Callable[..., Path]:
     """Tiny bundles built with the optimum graph explicitly (the one this area exports)."""
     from converters import ConvertOptions, convert
 
@@ -41,7 +43,11 @@ def optimum_bundle(converter_cache: Path, tiny_hf_model: Callable[..., Path]) ->
     def make(arch: str, quant: str) -> Path:
         if (arch, quant) not in built:
             out = converter_cache / f"bundle-tiny-{arch}-{quant}-optimum"
-            convert(tiny_hf_model(arch), out, ConvertOptions(quant=quant, graph="optimum", overwrite=True))
+            convert(
+                tiny_hf_model(arch),
+                out,
+                ConvertOptions(quant=quant, graph="optimum", overwrite=True),
+            )
             built[(arch, quant)] = out
         return built[(arch, quant)]
 
@@ -118,7 +124,9 @@ def test_manifest_facts_describe_the_model(
     arch = manifest.architecture
     assert arch.model_type == "qwen2"
     assert (arch.num_layers, arch.num_kv_heads, arch.vocab_size) == (
-        config["num_hidden_layers"], config["num_key_value_heads"], config["vocab_size"]
+        config["num_hidden_layers"],
+        config["num_key_value_heads"],
+        config["vocab_size"],
     )
     from tokenizers import Tokenizer
 
@@ -129,11 +137,14 @@ def test_manifest_facts_describe_the_model(
     assert manifest.quantization.block_size == 32
 
 
-def test_max_context_caps_context_length(tmp_path: Path, tiny_hf_model: Callable[..., Path]) -> None:
+def test_max_context_caps_context_length(
+    tmp_path: Path, tiny_hf_model: Callable[..., Path]
+) -> None:
     from converters import ConvertOptions, convert
 
     manifest = convert(
-        tiny_hf_model("llama"), tmp_path / "b",
+        tiny_hf_model("llama"),
+        tmp_path / "b",
         ConvertOptions(quant="fp32", graph="optimum", max_context=64),
     )
     assert manifest.architecture.context_length == 64

@@ -1,0 +1,92 @@
+"""The real SmolLM2-135M-Instruct GGUF, converted: it answers in English, int4 tracks fp32."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.bundle import verify_bundle
+from edge_runtime.engine import load_engine
+from edge_runtime.engine.types import GenerationResult, SamplingParams
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+COMMON_WORDS = {
+    "the",
+    "is",
+    "of",
+    "and",
+    "a",
+    "in",
+    "it",
+    "to",
+    "its",
+    "city",
+    "capital",
+    "france",
+    "paris",
+    "french",
+    "known",
+    "for",
+    "as",
+    "also",
+    "country",
+    "largest",
+    "which",
+}
+
+
+def _generate(bundle: Path, max_tokens: int, question: str = QUESTION) -> GenerationResult:
+    engine = load_engine(bundle)
+    return engine.generate(
+        [{"role": "user", "content": question}],
+        SamplingParams(max_tokens=max_tokens, temperature=0.0),
+    )
+
+
+def test_int4_answer_is_fluent_english_about_the_subject(
+    smollm2_bundle: Callable[..., Path],
+) -> None:
+    text = _generate(smollm2_bundle("int4"), 40).text
+    words = re.findall(r"\S+", text)
+    plain = [w for w in words if re.fullmatch(r"[A-Za-z][a-z']*[.,;:!?]?", w)]
+    assert len(words) >= 5, text
+    assert len(plain) / len(words) >= 0.85, text
+    common = [w for w in plain if w.strip(".,;:!?").lower() in COMMON_WORDS]
+    assert len(common) / len(words) >= 0.3, text
+    assert "Paris" in text, text
+    assert "Ġ" not in text and "Ċ" not in text and "<|" not in text, text
+
+
+def test_int4_first_greedy_tokens_equal_fp32(smollm2_bundle: Callable[..., Path]) -> None:
+    question = "Explain what a computer is."
+    got = _generate(smollm2_bundle("int4"), 8, question)
+    want = _generate(smollm2_bundle("fp32"), 8, question)
+    assert want.usage.completion_tokens == 8, want
+    assert got.token_ids == want.token_ids, (got.text, want.text)
+
+
+def test_gguf_tokenizer_facts_follow_the_gguf(smollm2_bundle: Callable[..., Path]) -> None:
+    """The known faults of transformers' GGUF tokenizer are fixed (see docs/bundle.md)."""
+    from tokenizers import Tokenizer
+
+    bundle = smollm2_bundle("int4")
+    manifest = verify_bundle(bundle)
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    arch = manifest.architecture
+    assert tok.token_to_id("<|im_end|>") in arch.eos_token_ids
+    assert tok.token_to_id("<|im_start|>") not in arch.eos_token_ids
+    assert arch.add_bos_token is False
+    assert tok.encode("Hi").ids == tok.encode("Hi", add_special_tokens=False).ids
+    text = "Line one\n  x = 42 # café"
+    assert tok.decode(tok.encode(text).ids) == text
+    assert tok.encode("<|im_start|>").ids == [tok.token_to_id("<|im_start|>")]
+    assert manifest.source.kind == "gguf" and manifest.source.license == "apache-2.0"
+    assert manifest.quantization.bits == 4 and manifest.quantization.unquantized == []
+    generation = json.loads((bundle / "generation.json").read_text())
+    assert 0 < generation["max_tokens"] <= arch.context_length
