@@ -176,9 +176,12 @@ class Daemon:
         if not event.ok:
             log.error("the broker refused the subscription (check the ACL)")
             return
+        if self._stop_at is not None:
+            return
+        # Again after every reconnect: the broker may have published our Last Will.
+        self._publish_info()
+        self._publish_status("online")
         if not self.ready:
-            self._publish_info()
-            self._publish_status("online")
             self.ready = True
             self.notifier.ready(f"serving {self.model_name} on {self.topics.request}")
             log.info("ready: %s", self.config.summary())

@@ -205,3 +205,15 @@ def test_message_expiry_is_honoured_at_intake_and_in_the_queue(state: Path) -> N
             assert final["error"]["code"] == "expired"
             assert final["usage"]["completion_tokens"] == 0
         assert engine.calls == 1, "only the long request was generated"
+
+
+def test_cancel_a_running_generation_keeps_the_partial_text(state: Path) -> None:
+    with Harness(state, engine=FakeEngine(token_s=0.02)) as h:
+        h.transport.deliver(REQ, {"id": "c", "prompt": "hi", "max_tokens": 500},
+                            response_topic="r/c")
+        assert _wait(lambda: len(h.transport.on("r/c")) >= 3)  # streaming has begun
+        h.transport.deliver("edge/unit/cancel", {"id": "c"})
+        assert _wait(lambda: bool(h.transport.finals("r/c")))
+        final = h.transport.finals("r/c")[0]
+        assert final["finish_reason"] == "cancelled"
+        assert final["text"].startswith("w0 w1 ") and 2 <= final["usage"]["completion_tokens"] < 500

@@ -32,9 +32,10 @@ def test_broker_restart_mid_generation_delivers_each_answer_once_and_whole(
     daemon_factory: Callable[..., DaemonProcess],
     client_factory: Callable[..., Probe],
 ) -> None:
-    daemon_factory(broker)
+    daemon_factory(broker, service={"stats_interval_s": 60.0})
     probe = client_factory(broker.port, client_id="outage-probe", persistent=True)
     probe.subscribe("outage/#")
+    probe.subscribe(f"edge/{DEVICE}/status")
     topics = [f"outage/{i}" for i in range(16)]
     for i, topic in enumerate(topics):
         probe.publish(REQUEST, {"id": f"o{i}", **LONG}, response_topic=topic)
@@ -45,6 +46,8 @@ def test_broker_restart_mid_generation_delivers_each_answer_once_and_whole(
     broker.start()
     assert before_outage < len(topics), "some answers were generated during the outage"
     _exactly_one_final_each(probe, topics)
+    states = [m.json()["state"] for m in probe.on(f"edge/{DEVICE}/status")]
+    assert states[-1] == "online", states
     probe.publish(REQUEST, {"id": "reference", **LONG}, response_topic="outage/ref")
     reference = probe.wait_final("outage/ref")
     for topic in topics:
@@ -132,7 +135,7 @@ def test_expired_requests_are_never_generated(
     assert probe.on("exp/expiry") == []
 
 
-def test_cancel_running_and_queued_requests(
+def test_cancel_stops_requests_before_they_complete(
     broker: MosquittoBroker,
     daemon_factory: Callable[..., DaemonProcess],
     client_factory: Callable[..., Probe],
@@ -140,17 +143,19 @@ def test_cancel_running_and_queued_requests(
     daemon_factory(broker)
     probe = client_factory(broker.port)
     probe.subscribe("cancel/#")
-    probe.publish(REQUEST, {"id": "run", **LONG}, response_topic="cancel/run")
-    probe.publish(REQUEST, {"id": "wait", **LONG}, response_topic="cancel/wait")
-    assert probe.wait_for(lambda _r: bool(probe.chunks("cancel/run")), 20)
-    probe.publish(CANCEL, {"id": "wait"})
-    probe.publish(CANCEL, {"id": "run"})
-    running = probe.wait_final("cancel/run")
-    waiting = probe.wait_final("cancel/wait")
-    assert running["finish_reason"] == "cancelled"
-    assert 0 < running["usage"]["completion_tokens"] < 220
-    assert waiting["finish_reason"] == "cancelled" and waiting["text"] == ""
-    assert probe.chunks("cancel/wait") == []
+    topics = [f"cancel/{i}" for i in range(4)]
+    for i, topic in enumerate(topics):
+        probe.publish(REQUEST, {"id": f"k{i}", **LONG}, response_topic=topic)
+    # Cancel the first (running by now, or about to run) and the last (still queued).
+    probe.publish(CANCEL, {"id": "k0"})
+    probe.publish(CANCEL, {"id": "k3"})
+    _exactly_one_final_each(probe, topics)
+    first, last = probe.finals(topics[0])[0], probe.finals(topics[-1])[0]
+    assert first["finish_reason"] == "cancelled"
+    assert first["usage"]["completion_tokens"] < 220
+    assert last["finish_reason"] == "cancelled" and last["text"] == ""
+    assert probe.chunks(topics[-1]) == []
+    assert probe.finals(topics[1])[0]["finish_reason"] == "length", "others are unaffected"
 
 
 def test_sigterm_finishes_in_flight_refuses_queue_and_says_stopped(
