@@ -64,11 +64,16 @@ def test_sigkill_mid_generation_answers_every_accepted_request_once(
     first = daemon_factory(broker)
     probe = client_factory(broker.port)
     probe.subscribe("crash/#")
+    probe.subscribe(f"edge/{DEVICE}/status")
     topics = [f"crash/{i}" for i in range(7)]
     for i, topic in enumerate(topics[:6]):
         probe.publish(REQUEST, {"id": f"c{i}", **LONG}, response_topic=topic)
     assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
     first.kill()
+    status = f"edge/{DEVICE}/status"
+    assert probe.wait_for(lambda _r: probe.on(status)[-1].json()["state"] == "offline", 10), (
+        "the broker published the Last Will"
+    )
     # Sent while the daemon is dead: the broker keeps it for the daemon's session.
     probe.publish(REQUEST, {"id": "c6", **LONG}, response_topic=topics[6])
     second = daemon_factory(broker, start=False)
@@ -76,6 +81,7 @@ def test_sigkill_mid_generation_answers_every_accepted_request_once(
     second.start()
     _exactly_one_final_each(probe, topics)
     assert "resuming" in second.log()
+    assert probe.on(status)[-1].json()["state"] == "online"
 
 
 def test_repeated_id_is_answered_from_the_record(
