@@ -6,6 +6,10 @@ each with its own cache length. Sequences join and leave between steps. Active s
 always fill slots ``0 .. n-1``: when one leaves, the last one's cache moves into its slot,
 so each step runs on one contiguous block of the KV buffers.
 
+Greedy results equal running alone exactly with fp32 weights. With int4 MatMulNBits the
+kernels for several rows round differently from the one-row kernel, so a near-tie between
+two tokens can now and then resolve the other way.
+
 Callers block in :meth:`BatchingEngine.generate` (or iterate :meth:`BatchingEngine.stream`)
 while the scheduler hands them text pieces through a queue; their ``on_delta`` callbacks
 run in their own thread, never in the scheduler's.
