@@ -59,20 +59,26 @@ def _value(summary: StackSummary, metric: str) -> float:
     return summary.file_mb if metric == "file_mb" else summary.median(metric)
 
 
-def evaluate(edge: StackSummary, anchors: dict[str, StackSummary]) -> list[dict[str, object]]:
-    """Return each target with edge-runtime's ratio and whether it was met."""
+def evaluate(edge: StackSummary, anchors: dict[str, StackSummary],
+             gguf_mb: float) -> list[dict[str, object]]:
+    """Return each target with edge-runtime's ratio and whether it was met.
+
+    The size target compares with the GGUF itself, so it holds even when llama.cpp did not run.
+    """
     rows: list[dict[str, object]] = []
     for target in TARGETS:
         anchor = anchors.get(target.anchor)
+        if target.metric == "file_mb":
+            ratio = edge.file_mb / gguf_mb
+            rows.append({"target": target.name, "edge": edge.label, "ratio": ratio,
+                         "met": ratio < target.ratio})
+            continue
         if anchor is None or _value(anchor, target.metric) <= 0:
             rows.append({"target": target.name, "edge": edge.label, "ratio": None,
                          "met": None})
             continue
         ratio = _value(edge, target.metric) / _value(anchor, target.metric)
-        if target.metric == "file_mb":
-            met = ratio < target.ratio
-        else:
-            met = ratio >= target.ratio if target.higher_is_better else ratio <= target.ratio
+        met = ratio >= target.ratio if target.higher_is_better else ratio <= target.ratio
         rows.append({"target": target.name, "edge": edge.label, "ratio": ratio, "met": met})
     return rows
 

@@ -143,9 +143,11 @@ def _assemble(spec: sources.ModelSpec, args: argparse.Namespace, plans: list[Sta
     ran = [s for s in summaries.values() if s.runs]
     edges = [s for s in ran if s.stack == report.EDGE]
     anchors = {s.stack: s for s in ran if s.stack != report.EDGE}
-    targets = [row for e in edges for row in report.evaluate(e, anchors)]
+    gguf_mb = sources.gguf_path(spec).stat().st_size / 1e6
+    targets = [row for e in edges for row in report.evaluate(e, anchors, gguf_mb)]
     out: dict[str, object] = {
-        "model": spec.title, "gguf_quant": spec.gguf_quant, "prompt_tokens": len(ids),
+        "model": spec.title, "gguf_quant": spec.gguf_quant, "gguf_mb": gguf_mb,
+        "prompt_tokens": len(ids),
         "stacks": [s.to_dict() for s in ran], "targets": targets, "skipped": skipped,
         "errors": errors, "agreement": _agreement(ran),
         "tables": {"stacks": report.stacks_table(ran),
@@ -200,24 +202,23 @@ def _tokens(run: dict[str, object]) -> list[int]:
     return [int(t) for t in ids] if isinstance(ids, list) else []
 
 
-def print_model(key: str, data: dict[str, object]) -> None:
-    """Print one model's tables and notes."""
+def model_report(data: dict[str, object]) -> str:
+    """Return one model's tables and notes as Markdown."""
     tables = data["tables"]
     assert isinstance(tables, dict)
-    print(f"\n## {data['model']} (prompt {data['prompt_tokens']} tokens)\n")
-    for name in ("stacks", "ratios", "targets", "streams"):
-        if name in tables:
-            print(tables[name] + "\n")
+    parts = [f"### {data['model']} (prompt {data['prompt_tokens']} tokens)\n"]
+    parts += [tables[name] + "\n" for name in ("stacks", "ratios", "targets", "streams")
+              if name in tables]
     quality = data.get("quality")
     if isinstance(quality, list) and quality:
         from benchmarks.quality import quality_table
 
-        print(quality_table(quality) + "\n")
+        parts.append(quality_table(quality) + "\n")
     elif quality:
-        print(f"quality: {quality}")
-    print(f"greedy tokens shared with edge-runtime's first run: {data['agreement']}")
-    for note in [*data["skipped"], *data["errors"]]:  # type: ignore[misc]
-        print(f"note: {note}")
+        parts.append(f"quality: {quality}\n")
+    parts.append(f"Greedy tokens shared with edge-runtime's first run: {data['agreement']}\n")
+    parts += [f"- note: {note}" for note in [*data["skipped"], *data["errors"]]]  # type: ignore[misc]
+    return "\n".join(parts) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -234,6 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quality", action="store_true",
                         help="also run the quality guard (int4/int8 against fp32)")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--markdown", type=Path, help="write the printed tables here too")
     args = parser.parse_args(argv)
     args.quant = args.quant or ["int4", "int8"]
     return args
@@ -243,12 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keys = list(sources.MODELS) if args.model == "all" else [args.model]
     results: dict[str, object] = {"machine": machine_info(), "argv": sys.argv, "models": {}}
-    print(f"machine: {json.dumps(results['machine'])}")
+    text = [f"Machine: `{json.dumps(results['machine'])}`\n"]
+    print(text[0])
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         for key in keys:
             data = bench_model(sources.MODELS[key], args, Path(tmp))
             results["models"][key] = data  # type: ignore[index]
-            print_model(key, data)
+            text.append(model_report(data))
+            print(text[-1], flush=True)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text("\n".join(text))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
