@@ -5,6 +5,7 @@ Standard library only: this module runs in the main interpreter and in the ancho
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -114,6 +115,7 @@ def _qwen_gguf() -> Path:
     return _assemble_qwen(ANCHOR_DIR / "gguf" / QWEN.gguf_name)
 
 
+@functools.lru_cache(maxsize=None)
 def gguf_path(spec: ModelSpec) -> Path:
     """Return a verified GGUF for ``spec``, assembling Qwen's from its parts if needed."""
     path = _smollm2_gguf() if spec is SMOLLM2 else _qwen_gguf()
