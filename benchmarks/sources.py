@@ -115,7 +115,7 @@ def _qwen_gguf() -> Path:
     return _assemble_qwen(ANCHOR_DIR / "gguf" / QWEN.gguf_name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gguf_path(spec: ModelSpec) -> Path:
     """Return a verified GGUF for ``spec``, assembling Qwen's from its parts if needed."""
     path = _smollm2_gguf() if spec is SMOLLM2 else _qwen_gguf()
