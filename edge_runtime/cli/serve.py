@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"edge-runtime: config: {line}", file=sys.stderr)
         return 1
     if args.check_config:
-        name = getattr(profile, "name", "none")
-        print(f"config ok: {config.summary()}, device profile {name}")
+        print(f"config ok: {config.summary()}, device profile {profile.name}")
         return 0
     if not args.verbose:
         # A service should say when it is ready and why it stops, not only warnings.
