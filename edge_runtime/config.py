@@ -153,6 +153,8 @@ class EngineConfig(_Strict):
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     require: bool = False
     threads: int = Field(default=0, ge=0, le=256)
+    spin: bool = False
+    max_batch: int = Field(default=1, ge=1, le=64)
 
 
 class DeviceConfig(_Strict):

@@ -23,6 +23,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cache-dir", type=Path, help="keep the optimized graph here for faster starts"
     )
+    group.add_argument(
+        "--spin", action="store_true", help="let worker threads busy-wait (dedicated cores only)"
+    )
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
@@ -32,6 +35,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         threads=args.threads,
         device_id=args.device_id,
         optimized_model_dir=args.cache_dir,
+        spin=args.spin,
     )
 
 

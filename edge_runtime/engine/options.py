@@ -18,6 +18,9 @@ class EngineOptions:
     ``require`` turns a missing provider into :class:`errors.ProviderUnavailable` instead of a
     fallback to the CPU. ``threads`` None uses every core this process may run on.
     ``optimized_model_dir`` caches ONNX Runtime's optimized graph for a fast cold start.
+    ``spin`` lets ONNX Runtime's worker threads busy-wait between steps: off by default,
+    since on a board that shares its cores with other work it cost most of the decode speed
+    here and it burns power while idle.
     """
 
     provider: str = "auto"
@@ -29,6 +32,7 @@ class EngineOptions:
     trt_workspace_mb: int = 1024
     optimized_model_dir: Path | None = None
     verify_hashes: bool = True
+    spin: bool = False
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES:

@@ -62,6 +62,8 @@ def _session_options(options: EngineOptions) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    spin = "1" if options.spin else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     return so
 
 

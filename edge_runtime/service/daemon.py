@@ -86,7 +86,8 @@ class Daemon:
         self.topics = topics_for(config)
         self.counters = Counters()
         self.jobs = JobQueue(s.queue_size)
-        self.worker = Worker(engine, self.jobs, events, self._publish_chunk)
+        self.worker = Worker(engine, self.jobs, events, self._publish_chunk,
+                             concurrency=config.engine.max_batch)
         limits = Limits(s.max_prompt_bytes, s.default_max_tokens, s.max_max_tokens,
                         s.max_payload_bytes)
         self.intake = Intake(RequestParser(self.topics, limits), store, self.jobs, self.worker,
@@ -274,21 +275,24 @@ class Daemon:
             self._continue_stop(now)
 
     def _enforce_deadline(self, now: float) -> bool:
-        """Stop an overlong generation; return False once the worker looks stuck."""
-        job = self.worker.current
-        if job is None or job.started_at is None:
-            self._stuck_logged = False
-            return True
+        """Stop overlong generations; return False once a worker looks stuck."""
+        healthy = True
         limit = self.config.service.generation_deadline_s
-        if now - job.started_at > limit and not job.cancel.is_set():
-            log.warning("generation %s ran past %.0f s; stopping it", job.request.id, limit)
-            self.worker.stop_current(Expired(f"generation ran past its {limit:g} s deadline"))
-        if now - job.started_at > limit + STUCK_GRACE_S:
-            if not self._stuck_logged:
-                self._stuck_logged = True
-                log.error("worker stuck on %s; letting the watchdog restart us", job.request.id)
-            return False
-        return True
+        for job in self.worker.running:
+            if job.started_at is None:
+                continue
+            if now - job.started_at > limit and not job.cancel.is_set():
+                log.warning("generation %s ran past %.0f s; stopping it", job.request.id, limit)
+                self.worker.stop(job, Expired(f"generation ran past its {limit:g} s deadline"))
+            if now - job.started_at > limit + STUCK_GRACE_S:
+                healthy = False
+                if not self._stuck_logged:
+                    self._stuck_logged = True
+                    log.error("worker stuck on %s; letting the watchdog restart us",
+                              job.request.id)
+        if healthy:
+            self._stuck_logged = False
+        return healthy
 
     def _publish_stats(self) -> None:
         s = self.config.service
@@ -316,9 +320,9 @@ class Daemon:
     def _continue_stop(self, now: float) -> None:
         """Advance the shutdown: wait for the job in flight, flush the outbox, say stopped."""
         assert self._stop_at is not None
-        if self.worker.current is not None:
+        if self.worker.running:
             if now >= self._stop_at:
-                self.worker.stop_current(ShuttingDown("the daemon stopped during generation"))
+                self.worker.stop_all(ShuttingDown("the daemon stopped during generation"))
             if now < self._stop_at + STUCK_GRACE_S:
                 return
         if self._flush_until is None:

@@ -94,50 +94,73 @@ class JobQueue:
 
 
 class Worker:
-    """Run queued jobs one at a time on the engine, in a thread of its own."""
+    """Run queued jobs on the engine in ``concurrency`` threads of their own.
 
-    def __init__(self, engine: Engine, jobs: JobQueue, events: EventQueue, chunks: ChunkSink):
+    With more than one thread the engine must accept concurrent ``generate`` calls (the
+    batching engine decodes them together); otherwise one thread runs one job at a time.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        jobs: JobQueue,
+        events: EventQueue,
+        chunks: ChunkSink,
+        concurrency: int = 1,
+    ) -> None:
         self.engine = engine
         self.jobs = jobs
         self._events = events
         self._chunks = chunks
         self._lock = threading.Lock()
-        self._current: Job | None = None
-        self._thread = threading.Thread(target=self._run, name="edge-worker", daemon=True)
+        self._running: dict[int, Job] = {}
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"edge-worker-{i}", daemon=True)
+            for i in range(max(1, concurrency))
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        end = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     @property
-    def current(self) -> Job | None:
+    def running(self) -> list[Job]:
+        """The jobs being generated now."""
         with self._lock:
-            return self._current
+            return list(self._running.values())
 
     def cancel(self, request_id: str, error: EdgeRuntimeError | None = None) -> bool:
-        """Stop the running job if it is ``request_id``; return whether it was."""
+        """Stop the running job ``request_id``; return whether one was running."""
         with self._lock:
-            job = self._current
-            if job is None or job.request.id != request_id:
-                return False
-            job.stop_error = error
-            job.cancel.set()
-            return True
+            for job in self._running.values():
+                if job.request.id == request_id:
+                    job.stop_error = error
+                    job.cancel.set()
+                    return True
+            return False
 
-    def stop_current(self, error: EdgeRuntimeError) -> None:
-        """Stop whatever runs now, reporting ``error`` for it."""
+    def stop(self, job: Job, error: EdgeRuntimeError) -> None:
+        """Stop ``job`` if it still runs, reporting ``error`` for it."""
         with self._lock:
-            if self._current is not None:
-                self._current.stop_error = error
-                self._current.cancel.set()
+            if job in self._running.values():
+                job.stop_error = error
+                job.cancel.set()
 
-    def _run(self) -> None:
+    def stop_all(self, error: EdgeRuntimeError) -> None:
+        """Stop whatever runs now, reporting ``error`` for each."""
+        for job in self.running:
+            self.stop(job, error)
+
+    def _run(self, slot: int) -> None:
         while (job := self.jobs.get()) is not None:
             with self._lock:
-                self._current = job
+                self._running[slot] = job
                 job.started_at = time.monotonic()
             try:
                 finished = self._execute(job)
@@ -145,7 +168,7 @@ class Worker:
                 log.exception("generation failed for %s", job.request.id)
                 finished = Finished(job.request, error_payload(job.request.id, _as_error(exc)))
             with self._lock:
-                self._current = None
+                del self._running[slot]
             self._events.put(finished)
 
     def _execute(self, job: Job) -> Finished:

@@ -1,0 +1,52 @@
+"""Several clients at once: with engine.max_batch the daemon decodes their requests together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.fixtures.broker import MosquittoBroker
+from tests.service.conftest import DEVICE
+from tests.service.daemon_proc import DaemonProcess
+from tests.service.mqtt_client import Probe
+from tests.service.schemas import assert_final
+
+REQUEST = f"edge/{DEVICE}/request"
+INFO = f"edge/{DEVICE}/info"
+PROMPTS = ["Hello", "Sensors report", "The quick brown fox", "def add(a, b):", "café", "0123"]
+
+
+def _answers(probe: Probe, tag: str) -> dict[str, str]:
+    topics = {p: f"batch/{tag}/{i}" for i, p in enumerate(PROMPTS)}
+    for prompt, topic in topics.items():
+        probe.publish(REQUEST, {"prompt": prompt, "max_tokens": 24, "temperature": 0},
+                      response_topic=topic, qos=1)
+    texts = {}
+    for prompt, topic in topics.items():
+        final = probe.wait_final(topic, 60)
+        assert_final(final)
+        assert final["finish_reason"] in ("stop", "length"), final
+        chunks = probe.chunks(topic)
+        assert "".join(c["delta"] for c in chunks) == final["text"]
+        texts[prompt] = final["text"]
+    return texts
+
+
+def test_batched_daemon_answers_like_the_sequential_one(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    probe = client_factory(broker.port)
+    probe.subscribe("batch/#")
+    probe.subscribe(INFO)
+
+    sequential = daemon_factory(broker, engine={"max_batch": 1})
+    expected = _answers(probe, "one")
+    assert sequential.terminate() == 0
+
+    batched = daemon_factory(broker, engine={"max_batch": 4})
+    assert probe.wait_for(lambda _r: any(m.json()["model"].get("max_batch") == 4
+                                              for m in probe.on(INFO)),
+                          20), "the info topic should say the daemon batches 4 at once"
+    assert _answers(probe, "four") == expected
+    assert batched.alive
