@@ -77,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
 def _quiet_libraries() -> None:
     """Keep library warnings off the terminal; errors still surface as exceptions."""
     import os
+    import sys
     import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    if not sys.stderr.isatty():  # plain lines only: no tqdm bars in logs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

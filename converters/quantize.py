@@ -79,6 +79,16 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str]) -> Any:
 
 
 def _int8(src: Path, dst: Path, exclude: list[str]) -> None:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's advice to pre-process is logged on the root logger
+    try:
+        _quantize_dynamic(src, dst, exclude)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize_dynamic(src: Path, dst: Path, exclude: list[str]) -> None:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
