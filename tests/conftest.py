@@ -78,17 +78,21 @@ def tiny_hf_model(converter_cache: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(converter_cache: Path, tiny_hf_model: Callable[..., Path]) -> Callable[..., Path]:
-    """Return a factory: ``tiny_bundle(arch="llama", quant="fp32")`` -> a verified bundle dir."""
-    built: dict[tuple[str, str], Path] = {}
+    """Return a factory: ``tiny_bundle(arch="llama", quant="fp32", graph="auto")`` -> bundle dir.
 
-    def make(arch: str = "llama", quant: str = "fp32") -> Path:
-        key = (arch, quant)
+    ``graph="auto"`` gives the gqa graph where it supports the model, else optimum's.
+    """
+    built: dict[tuple[str, str, str], Path] = {}
+
+    def make(arch: str = "llama", quant: str = "fp32", graph: str = "auto") -> Path:
+        key = (arch, quant, graph)
         if key not in built:
-            out = converter_cache / f"bundle-tiny-{arch}-{quant}"
+            out = converter_cache / f"bundle-tiny-{arch}-{quant}-{graph}"
             if not _reusable(out):
                 from converters import ConvertOptions, convert
 
-                convert(tiny_hf_model(arch), out, ConvertOptions(quant=quant, overwrite=True))
+                options = ConvertOptions(quant=quant, graph=graph, overwrite=True)
+                convert(tiny_hf_model(arch), out, options)
             built[key] = out
         return built[key]
 

@@ -32,24 +32,11 @@ def _encode(bundle: Path, text: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def optimum_bundle(
-    converter_cache: Path, tiny_hf_model: Callable[..., Path]
-) -> Callable[..., Path]:
+def optimum_bundle(tiny_bundle: Callable[..., Path]) -> Callable[..., Path]:
     """Tiny bundles built with the optimum graph explicitly (the one this area exports)."""
-    from converters import ConvertOptions, convert
-
-    built: dict[tuple[str, str], Path] = {}
 
     def make(arch: str, quant: str) -> Path:
-        if (arch, quant) not in built:
-            out = converter_cache / f"bundle-tiny-{arch}-{quant}-optimum"
-            convert(
-                tiny_hf_model(arch),
-                out,
-                ConvertOptions(quant=quant, graph="optimum", overwrite=True),
-            )
-            built[(arch, quant)] = out
-        return built[(arch, quant)]
+        return tiny_bundle(arch, quant, graph="optimum")
 
     return make
 
