@@ -135,3 +135,23 @@ def test_max_context_caps_context_length(
         ConvertOptions(quant="fp32", graph="optimum", max_context=64),
     )
     assert manifest.architecture.context_length == 64
+
+
+def test_symmetric_int4_uses_no_zero_points(
+    tmp_path: Path, tiny_hf_model: Callable[..., Path], optimum_bundle: Callable[..., Path]
+) -> None:
+    import onnx
+
+    from converters import ConvertOptions, convert
+
+    out = tmp_path / "b"
+    options = ConvertOptions(quant="int4", graph="optimum", symmetric=True)
+    manifest = convert(tiny_hf_model("llama"), out, options)
+    assert manifest.quantization.symmetric is True
+    nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 2 * 7 + 1
+    assert all(len(n.input) == 3 for n in nodes)  # A, B, scales: no zero points
+    affine = optimum_bundle("llama", "int4")
+    assert (out / "model.onnx").stat().st_size < (affine / "model.onnx").stat().st_size
+    prompt = _encode(out, PROMPT)
+    assert len(GraphRunner(out).greedy(prompt, 4)) > 0
