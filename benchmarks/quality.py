@@ -96,16 +96,17 @@ def quality_table(rows: list[dict[str, object]]) -> str:
     return markdown_table(header, body)
 
 
-def run(model: str, quants: list[str], reference: Path | None,
-        threads: int) -> list[dict[str, object]]:
-    """Measure each quantized bundle of ``model`` against its fp32 bundle."""
+def run(model: str, quants: list[str], reference: Path | None, threads: int,
+        extra: tuple[Path, ...] = ()) -> list[dict[str, object]]:
+    """Measure each quantized bundle of ``model`` (and any ``extra`` one) against fp32."""
     spec = sources.MODELS[model]
     texts = load_texts()
     ref_path = reference or sources.bundle_path(spec, "fp32")
     ref = teacher_force(ref_path, texts, threads)
     rows: list[dict[str, object]] = []
-    for quant in quants:
-        path = sources.bundle_path(spec, quant)
+    candidates = [(q, sources.bundle_path(spec, q)) for q in quants]
+    candidates += [(p.name, p) for p in extra]
+    for quant, path in candidates:
         if not (path / "manifest.json").is_file():
             print(f"skip {model} {quant}: no bundle at {path}", file=sys.stderr)
             continue
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=[*sources.MODELS, "all"], default="all")
     parser.add_argument("--quant", action="append", choices=["int4", "int8"])
     parser.add_argument("--reference", type=Path, help="fp32 bundle (default: by name)")
+    parser.add_argument("--bundle", type=Path, action="append", default=[],
+                        help="another bundle of the same model to compare (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference is None and not (ref / "manifest.json").is_file():
             print(f"skip {key}: no fp32 bundle at {ref}", file=sys.stderr)
             continue
-        rows += run(key, args.quant or ["int4"], args.reference, args.threads)
+        rows += run(key, args.quant or ["int4"], args.reference, args.threads,
+                    tuple(args.bundle))
     print(quality_table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
