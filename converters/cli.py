@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from converters.options import GRAPHS, QUANTS
+from converters.options import GRAPHS, INT4_SCHEMES, QUANTS
 
 
 def register(subparsers: Any) -> None:
@@ -36,9 +36,11 @@ def register(subparsers: Any) -> None:
         help="leave weights whose node or tensor name contains PATTERN unquantized (repeatable)",
     )
     parser.add_argument(
-        "--symmetric",
-        action="store_true",
-        help="int4: ONNX Runtime's symmetric grid instead of affine blocks (smaller, less exact)",
+        "--int4-scheme",
+        choices=INT4_SCHEMES,
+        default="symmetric",
+        help="int4 blocks: symmetric (fastest, default), asymmetric, or affine (exact for GGUF"
+        " sources, much slower to run)",
     )
     parser.add_argument("--max-context", type=int, help="cap the context length (tokens)")
     parser.add_argument("--graph", choices=GRAPHS, default="auto", help="graph builder")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         max_context=args.max_context,
         trust_remote_code=args.trust_remote_code,
         graph=args.graph,
-        symmetric=args.symmetric,
+        int4_scheme=args.int4_scheme,
         overwrite=args.force,
     )
     _quiet_libraries()

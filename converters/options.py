@@ -6,14 +6,17 @@ from dataclasses import dataclass, field
 
 QUANTS: tuple[str, ...] = ("int4", "int8", "fp32")
 GRAPHS: tuple[str, ...] = ("auto", "optimum", "gqa")
+INT4_SCHEMES: tuple[str, ...] = ("symmetric", "asymmetric", "affine")
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
     """What to build. ``keep_fp32`` holds substrings of node or weight names left unquantized.
 
-    ``symmetric`` picks ONNX Runtime's symmetric int4 grid for the MatMuls instead of the
-    default affine blocks with float zero points (see converters/int4_affine.py).
+    ``int4_scheme`` is how int4 blocks are stored: "symmetric" (no zero point, the fastest
+    kernels), "asymmetric" (a 4-bit zero point per block) or "affine" (a float zero point
+    per block, which reproduces a GGUF's affine blocks exactly but runs on ONNX Runtime's
+    slow generic path: about 25x slower decoding on SmolLM2 here).
     """
 
     quant: str = "int4"  # one of QUANTS
@@ -23,7 +26,7 @@ class ConvertOptions:
     max_context: int | None = None
     trust_remote_code: bool = False
     graph: str = "auto"  # one of GRAPHS
-    symmetric: bool = False
+    int4_scheme: str = "symmetric"  # one of INT4_SCHEMES
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -33,6 +36,10 @@ class ConvertOptions:
             raise ConverterError(f"quant must be one of {', '.join(QUANTS)}, not {self.quant!r}")
         if self.graph not in GRAPHS:
             raise ConverterError(f"graph must be one of {', '.join(GRAPHS)}, not {self.graph!r}")
+        if self.int4_scheme not in INT4_SCHEMES:
+            raise ConverterError(
+                f"int4 scheme must be one of {', '.join(INT4_SCHEMES)}, not {self.int4_scheme!r}"
+            )
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConverterError(f"block size must be a power of two >= 16, not {self.block_size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):

@@ -51,13 +51,14 @@ def unquantized_weights(model: Any) -> list[str]:
 
 
 def _int4(model: Any, options: ConvertOptions, exclude: list[str]) -> Any:
-    """MatMuls: affine (default) or ORT's symmetric grid; the embedding Gather: ORT's int4."""
+    """MatMuls and the embedding Gather to int4 blocks in ``options.int4_scheme``."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from converters.int4_affine import quantize_matmuls_affine
 
-    ops = WEIGHT_OPS if options.symmetric else ("Gather",)
-    if not options.symmetric:
+    affine = options.int4_scheme == "affine"
+    ops = ("Gather",) if affine else WEIGHT_OPS
+    if affine:
         model = quantize_matmuls_affine(
             model,
             block_size=options.block_size,
@@ -68,7 +69,7 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str]) -> Any:
         model,
         bits=4,
         block_size=options.block_size,
-        is_symmetric=True,
+        is_symmetric=options.int4_scheme != "asymmetric",
         accuracy_level=options.accuracy_level,
         nodes_to_exclude=exclude,
         op_types_to_quantize=ops,
@@ -135,7 +136,7 @@ def quantize(src: Path, dst: Path, options: ConvertOptions) -> Quantization:
             bits=4,
             block_size=options.block_size,
             accuracy_level=options.accuracy_level,
-            symmetric=options.symmetric,
+            symmetric=options.int4_scheme == "symmetric",
             unquantized=left,
         )
     return Quantization(method="int8_dynamic", bits=8, symmetric=True, unquantized=left)

@@ -133,18 +133,20 @@ def smollm2_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_bundle(converter_cache: Path, smollm2_gguf: Path) -> Callable[..., Path]:
-    """Return a factory: ``smollm2_bundle(quant="int4")`` -> the real SmolLM2 converted."""
+    """Return a factory: ``smollm2_bundle(quant="int4", int4_scheme="symmetric")``."""
     built: dict[str, Path] = {}
 
-    def make(quant: str = "int4") -> Path:
-        if quant not in built:
-            out = converter_cache / f"bundle-smollm2-{quant}"
+    def make(quant: str = "int4", int4_scheme: str = "symmetric") -> Path:
+        key = quant if int4_scheme == "symmetric" else f"{quant}-{int4_scheme}"
+        if key not in built:
+            out = converter_cache / f"bundle-smollm2-{key}"
             if not _reusable(out):
                 _need_convert_extra()
                 from converters import ConvertOptions, convert
 
-                convert(smollm2_gguf, out, ConvertOptions(quant=quant, overwrite=True))
-            built[quant] = out
-        return built[quant]
+                options = ConvertOptions(quant=quant, int4_scheme=int4_scheme, overwrite=True)
+                convert(smollm2_gguf, out, options)
+            built[key] = out
+        return built[key]
 
     return make

@@ -63,11 +63,12 @@ def test_int4_answer_is_fluent_english_about_the_subject(
     assert "Ġ" not in text and "Ċ" not in text and "<|" not in text, text
 
 
-def test_int4_first_greedy_tokens_equal_fp32(smollm2_bundle: Callable[..., Path]) -> None:
-    # Greedy paths of a 135M model part at near-ties: of four prompts tried, int4 kept the
-    # fp32 conversion's first 8 tokens on two to three (docs/bundle.md, Quantization).
+def test_affine_int4_first_greedy_tokens_equal_fp32(smollm2_bundle: Callable[..., Path]) -> None:
+    # The affine scheme stores the GGUF's own 4-bit blocks, so its greedy path follows the
+    # fp32 conversion's. The default symmetric scheme re-rounds them and parts earlier at
+    # near-ties; its agreement is measured by benchmarks/quality.py (docs/bundle.md).
     question = "Give me three tips for staying healthy."
-    got = _generate(smollm2_bundle("int4"), 8, question)
+    got = _generate(smollm2_bundle("int4", int4_scheme="affine"), 8, question)
     want = _generate(smollm2_bundle("fp32"), 8, question)
     assert want.usage.completion_tokens == 8, want
     assert got.token_ids == want.token_ids, (got.text, want.text)
