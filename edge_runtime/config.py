@@ -153,7 +153,7 @@ class EngineConfig(_Strict):
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     require: bool = False
     threads: int = Field(default=0, ge=0, le=256)
-    spin: bool = False
+    spin: bool = True
     max_batch: int = Field(default=1, ge=1, le=64)
 
 

@@ -24,7 +24,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", type=Path, help="keep the optimized graph here for faster starts"
     )
     group.add_argument(
-        "--spin", action="store_true", help="let worker threads busy-wait (dedicated cores only)"
+        "--no-spin",
+        dest="spin",
+        action="store_false",
+        help="worker threads sleep between kernels (for cores shared with other busy work)",
     )
 
 

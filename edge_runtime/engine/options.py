@@ -18,9 +18,9 @@ class EngineOptions:
     ``require`` turns a missing provider into :class:`errors.ProviderUnavailable` instead of a
     fallback to the CPU. ``threads`` None uses every core this process may run on.
     ``optimized_model_dir`` caches ONNX Runtime's optimized graph for a fast cold start.
-    ``spin`` lets ONNX Runtime's worker threads busy-wait between steps: off by default,
-    since on a board that shares its cores with other work it cost most of the decode speed
-    here and it burns power while idle.
+    ``spin`` lets ONNX Runtime's worker threads busy-wait briefly between kernels (ONNX
+    Runtime's own default). On cores the engine has to itself it decodes faster; on cores
+    shared with other busy work it can cost most of the speed, so turn it off there.
     """
 
     provider: str = "auto"
@@ -32,7 +32,7 @@ class EngineOptions:
     trt_workspace_mb: int = 1024
     optimized_model_dir: Path | None = None
     verify_hashes: bool = True
-    spin: bool = False
+    spin: bool = True
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES:
