@@ -29,6 +29,7 @@ import numpy as np
 from edge_runtime.engine.decoding import Decoding
 from edge_runtime.engine.defaults import resolve
 from edge_runtime.engine.engine import OnnxEngine
+from edge_runtime.engine.prompt import PromptEngine
 from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
 from edge_runtime.engine.types import (
     DeltaCallback,
@@ -89,7 +90,7 @@ class _Request:
         )
 
 
-class BatchingEngine:
+class BatchingEngine(PromptEngine):
     """An :class:`Engine` over a loaded gqa bundle that serves up to ``max_batch`` at once."""
 
     def __init__(self, engine: OnnxEngine, *, max_batch: int = 4, start: bool = True) -> None:
@@ -143,19 +144,8 @@ class BatchingEngine:
 
     # Caller side -------------------------------------------------------------------------
 
-    def generate(
-        self,
-        prompt: Prompt,
-        params: SamplingParams,
-        *,
-        chat: bool = True,
-        cancel: threading.Event | None = None,
-        on_delta: DeltaCallback | None = None,
-    ) -> GenerationResult:
-        """Generate an answer, sharing the model with concurrent callers."""
-        called = time.perf_counter()
-        ids = self.engine.encode(prompt, chat=chat)
-        return self.generate_ids(ids, params, cancel=cancel, on_delta=on_delta, _called=called)
+    def encode(self, prompt: Prompt, *, chat: bool = True) -> list[int]:
+        return self.engine.encode(prompt, chat=chat)
 
     def generate_ids(
         self,

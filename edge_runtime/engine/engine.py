@@ -16,7 +16,7 @@ from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.decoding import Decoding
 from edge_runtime.engine.defaults import GenerationDefaults, ResolvedParams, resolve
-from edge_runtime.engine.prompt import encode_prompt
+from edge_runtime.engine.prompt import PromptEngine, encode_prompt
 from edge_runtime.engine.runners import DecoderRunner
 from edge_runtime.engine.tokenizer import Tokenizer
 from edge_runtime.engine.types import (
@@ -61,7 +61,7 @@ class _Clock:
         return Timings(self.queued_s, self.prefill_s, decode, first)
 
 
-class OnnxEngine:
+class OnnxEngine(PromptEngine):
     """A loaded bundle. Thread-safe: concurrent calls wait their turn on one lock."""
 
     def __init__(
@@ -108,20 +108,6 @@ class OnnxEngine:
     def encode(self, prompt: Prompt, *, chat: bool = True) -> list[int]:
         """Return the token ids ``generate`` would feed for ``prompt``."""
         return encode_prompt(prompt, chat=chat, template=self.template, tokenizer=self.tokenizer)
-
-    def generate(
-        self,
-        prompt: Prompt,
-        params: SamplingParams,
-        *,
-        chat: bool = True,
-        cancel: threading.Event | None = None,
-        on_delta: DeltaCallback | None = None,
-    ) -> GenerationResult:
-        """Generate an answer for ``prompt`` (see :class:`edge_runtime.engine.types.Engine`)."""
-        called = time.perf_counter()
-        ids = self.encode(prompt, chat=chat)
-        return self.generate_ids(ids, params, cancel=cancel, on_delta=on_delta, _called=called)
 
     def stream(
         self,

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.tokenizer import Tokenizer
-from edge_runtime.engine.types import ChatMessage, Prompt
+from edge_runtime.engine.types import (
+    ChatMessage,
+    DeltaCallback,
+    GenerationResult,
+    Prompt,
+    SamplingParams,
+)
 from edge_runtime.errors import BadRequest
 
 
@@ -54,3 +63,38 @@ def encode_prompt(
     if not ids:
         raise BadRequest("the prompt is empty")
     return ids
+
+
+class PromptEngine(ABC):
+    """``generate`` from a prompt, for engines that generate from token ids."""
+
+    @abstractmethod
+    def encode(self, prompt: Prompt, *, chat: bool = True) -> list[int]:
+        """Return the token ids ``generate`` would feed for ``prompt``."""
+
+    @abstractmethod
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        cancel: threading.Event | None = None,
+        on_delta: DeltaCallback | None = None,
+        ignore_eos: bool = False,
+        _called: float | None = None,
+    ) -> GenerationResult:
+        """Generate from token ids; ``_called`` is when the caller's clock started."""
+
+    def generate(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        *,
+        chat: bool = True,
+        cancel: threading.Event | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> GenerationResult:
+        """Generate an answer for ``prompt`` (see :class:`edge_runtime.engine.types.Engine`)."""
+        called = time.perf_counter()
+        ids = self.encode(prompt, chat=chat)
+        return self.generate_ids(ids, params, cancel=cancel, on_delta=on_delta, _called=called)
