@@ -6,12 +6,13 @@ Standard library only: this module runs in the main interpreter and in the ancho
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge_runtime.bundle import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHOR_DIR = Path(os.environ.get("ANCHOR_DIR", REPO / "benchmarks" / ".anchors"))
@@ -54,15 +55,6 @@ class SourceMissing(RuntimeError):
     """A model file the benchmark needs is not on this machine."""
 
 
-def sha256_of(path: Path) -> str:
-    """Hash a file in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _package_dir(name: str) -> Path | None:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -97,7 +89,7 @@ def _assemble_qwen(target: Path) -> Path:
         for part in _qwen_parts():
             with part.open("rb") as src:
                 shutil.copyfileobj(src, out, 1 << 22)
-    if sha256_of(partial) != QWEN.gguf_sha256:
+    if sha256_file(partial) != QWEN.gguf_sha256:
         partial.unlink()
         raise SourceMissing("assembled Qwen GGUF has the wrong sha256")
     partial.rename(target)
@@ -110,7 +102,7 @@ def _qwen_gguf() -> Path:
         ANCHOR_DIR / "gguf" / QWEN.gguf_name,
     ]
     for path in candidates:
-        if path.is_file() and path.stat().st_size > 0 and sha256_of(path) == QWEN.gguf_sha256:
+        if path.is_file() and path.stat().st_size > 0 and sha256_file(path) == QWEN.gguf_sha256:
             return path
     return _assemble_qwen(ANCHOR_DIR / "gguf" / QWEN.gguf_name)
 

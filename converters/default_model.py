@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.errors import CorruptSource, SourceError
+from edge_runtime.bundle import sha256_file
 from edge_runtime.errors import BundleError
 
 MODEL_NAME = "qwen2.5-coder-0.5b-instruct-int4"
@@ -56,17 +57,9 @@ def cache_dir() -> Path:
     return Path(base) / "edge-runtime"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def assemble(dest: Path) -> Path:
     """Join the chunks into ``dest`` (streaming), check the sha256; reuse a verified file."""
-    if dest.is_file() and dest.stat().st_size == GGUF_SIZE and _sha256(dest) == GGUF_SHA256:
+    if dest.is_file() and dest.stat().st_size == GGUF_SIZE and sha256_file(dest) == GGUF_SHA256:
         return dest
     parts = chunk_paths()
     dest.parent.mkdir(parents=True, exist_ok=True)

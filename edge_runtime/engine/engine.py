@@ -15,7 +15,7 @@ from edge_runtime import __version__
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.decoding import Decoding
-from edge_runtime.engine.defaults import GenerationDefaults, ResolvedParams, resolve
+from edge_runtime.engine.defaults import GenerationDefaults, resolve
 from edge_runtime.engine.prompt import PromptEngine, encode_prompt
 from edge_runtime.engine.runners import DecoderRunner
 from edge_runtime.engine.tokenizer import Tokenizer
@@ -123,7 +123,7 @@ class OnnxEngine(PromptEngine):
         """
         called = time.perf_counter()
         ids = self.encode(prompt, chat=chat)
-        return self._run(ids, self._resolve(ids, params), cancel, False, called)
+        return self._run(ids, self.start(ids, params), cancel, called)
 
     def generate_ids(
         self,
@@ -137,10 +137,14 @@ class OnnxEngine(PromptEngine):
     ) -> GenerationResult:
         """Generate from token ids; ``ignore_eos`` keeps going to ``max_tokens`` (benchmarks)."""
         called = time.perf_counter() if _called is None else _called
-        run = self._run(prompt_ids, self._resolve(prompt_ids, params), cancel, ignore_eos, called)
+        decoding = self.start(prompt_ids, params, ignore_eos=ignore_eos)
+        run = self._run(prompt_ids, decoding, cancel, called)
         return _drive(run, on_delta)
 
-    def _resolve(self, prompt_ids: Sequence[int], params: SamplingParams) -> ResolvedParams:
+    def start(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, ignore_eos: bool = False
+    ) -> Decoding:
+        """Check ``prompt_ids`` fit the context and return a fresh decoding state for them."""
         limit = self.context_length
         if len(prompt_ids) >= limit:
             raise ContextLengthExceeded(
@@ -149,28 +153,28 @@ class OnnxEngine(PromptEngine):
                 f"prompt is {len(prompt_ids)} tokens; the model's context holds {limit} "
                 f"(prompt and answer together), so the prompt must be under {limit} tokens",
             )
-        return resolve(params, self.defaults)
+        resolved = resolve(params, self.defaults)
+        arch = self.manifest.architecture
+        return Decoding(
+            self.tokenizer,
+            prompt_ids,
+            resolved,
+            eos_ids=arch.eos_token_ids,
+            max_new_tokens=min(resolved.max_tokens, limit - len(prompt_ids)),
+            vocab_size=arch.vocab_size,
+            ignore_eos=ignore_eos,
+        )
 
     def _run(
         self,
         prompt_ids: Sequence[int],
-        params: ResolvedParams,
+        decoding: Decoding,
         cancel: threading.Event | None,
-        ignore_eos: bool,
         called: float,
     ) -> _Run:
         waited = time.perf_counter()
         with self._lock:
             clock = _Clock(called=called, queued_s=time.perf_counter() - waited)
-            decoding = Decoding(
-                self.tokenizer,
-                prompt_ids,
-                params,
-                eos_ids=self.manifest.architecture.eos_token_ids,
-                max_new_tokens=min(params.max_tokens, self.context_length - len(prompt_ids)),
-                vocab_size=self.manifest.architecture.vocab_size,
-                ignore_eos=ignore_eos,
-            )
             yield from self._decode(prompt_ids, decoding, cancel, clock)
             return GenerationResult(
                 text=decoding.text,
