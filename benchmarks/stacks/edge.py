@@ -10,6 +10,7 @@ through the continuous-batching engine; others share the plain engine, one call 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Protocol
 
 from benchmarks.stacks.common import RunResult, emit, load_prompt, parse_args, peak_rss_mb
 from edge_runtime.engine import EngineOptions, GenerationResult, SamplingParams, load_engine
+from edge_runtime.engine.batching import BatchCounters
 
 
 class _IdsEngine(Protocol):
@@ -126,11 +128,30 @@ def _measure_streams(
     batching = BatchingEngine(engine, max_batch=streams)
     try:
         _run(batching, ids[:16], 4)  # warm the batched shapes once
+        before = dataclasses.replace(batching.counters)
         runs = _concurrent(batching, ids, max_new, streams)
-        return {**_streams_figures(single, runs), "batching": True,
+        figures = _streams_figures(single, runs)
+        return {**figures, **_phase_figures(before, batching.counters, figures), "batching": True,
                 "peak_batch": batching.peak_batch}
     finally:
         batching.close()
+
+
+def _phase_figures(
+    before: BatchCounters, after: BatchCounters, figures: dict[str, object]
+) -> dict[str, object]:
+    """Decode throughput over the batched decode forwards alone (prefills excluded)."""
+    tokens = after.decode_tokens - before.decode_tokens
+    seconds = after.decode_s - before.decode_s
+    tps = tokens / seconds if seconds > 0 else 0.0
+    single = float(figures["single_decode_tps"])  # type: ignore[arg-type]
+    return {
+        "batched_decode_tps": tps,
+        "batched_decode_speedup": tps / single if single > 0 else 0.0,
+        "prefill_s": after.prefill_s - before.prefill_s,
+        "batched_decode_s": seconds,
+        "mean_batch": tokens / max(after.decode_steps - before.decode_steps, 1),
+    }
 
 
 if __name__ == "__main__":

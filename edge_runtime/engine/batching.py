@@ -51,6 +51,23 @@ log = logging.getLogger(__name__)
 _Event = tuple[str, object]  # ("delta", str) | ("done", GenerationResult) | ("error", Exception)
 
 
+@dataclass
+class BatchCounters:
+    """What the scheduler has done so far: prefills, batched decode steps, time in each."""
+
+    prefills: int = 0
+    prefill_s: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0  # one per sequence per step
+    decode_s: float = 0.0  # in batched forwards only: prefills and idle time excluded
+    peak_batch: int = 0  # the most sequences decoded in one forward
+
+    @property
+    def decode_tok_s(self) -> float:
+        """Tokens per second over the time spent in batched decode forwards."""
+        return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
 @dataclass(eq=False)
 class _Request:
     """One sequence in flight, as the scheduler sees it."""
@@ -109,7 +126,7 @@ class BatchingEngine(PromptEngine):
         )
         self._incoming: queue.Queue[_Request | None] = queue.Queue()
         self._active: list[_Request] = []
-        self.peak_batch = 0  # the most sequences decoded in one forward so far
+        self.counters = BatchCounters()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
         if start:
@@ -118,6 +135,11 @@ class BatchingEngine(PromptEngine):
     def start(self) -> None:
         """Start the scheduler (only needed when built with ``start=False``)."""
         self._thread.start()
+
+    @property
+    def peak_batch(self) -> int:
+        """The most sequences decoded in one forward so far."""
+        return self.counters.peak_batch
 
     @property
     def waiting(self) -> int:
@@ -226,21 +248,31 @@ class BatchingEngine(PromptEngine):
             return
         request.length = ids.shape[1]
         request.prefill_s = time.perf_counter() - request.admitted
+        self.counters.prefills += 1
+        self.counters.prefill_s += request.prefill_s
         if not self._advance(request, logits[0]):
             self._active.append(request)
 
     def _decode_step(self) -> None:
         active = self._active
-        self.peak_batch = max(self.peak_batch, len(active))
         tokens = np.array([[r.next_token] for r in active], dtype=np.int64)
         lengths = np.array([r.length for r in active], dtype=np.int64)
+        started = time.perf_counter()
         logits = self.slots.run(0, tokens, lengths)
+        self._count_step(len(active), time.perf_counter() - started)
         done = []
         for row, request in enumerate(active):
             request.length += 1
             if self._advance(request, logits[row]):
                 done.append(request)
         self._release(done)
+
+    def _count_step(self, rows: int, seconds: float) -> None:
+        c = self.counters
+        c.decode_steps += 1
+        c.decode_tokens += rows
+        c.decode_s += seconds
+        c.peak_batch = max(c.peak_batch, rows)
 
     def _advance(self, request: _Request, logits: np.ndarray) -> bool:
         """Step one sequence with its logits; return True when it has finished."""

@@ -86,6 +86,12 @@ def test_concurrent_greedy_generations_equal_sequential_ones(
         assert b.finish_reason == FinishReason.LENGTH
         assert b.usage == a.usage
     assert batching.peak_batch == 4  # the sequences really shared forwards
+    counters = batching.counters
+    assert counters.prefills == len(PROMPTS)
+    # every token after each sequence's first (which comes from its prefill) is a decode row
+    assert counters.decode_tokens == sum(len(r.token_ids) - 1 for r in together if r)
+    assert counters.decode_steps < counters.decode_tokens
+    assert counters.decode_tok_s > 0
 
 
 def test_cancelling_one_sequence_leaves_the_others_intact(
