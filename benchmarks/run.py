@@ -25,7 +25,7 @@ from benchmarks import report, sources
 from benchmarks.machine import machine_info
 from benchmarks.stacks.common import RESULT_PREFIX
 
-PROMPT_FILE = sources.REPO / "benchmarks" / "data" / "prompt.txt"
+PROMPT_FILE = sources.PROMPT_FILE
 RUN_TIMEOUT_S = 1800
 
 

@@ -17,6 +17,7 @@ from edge_runtime.bundle import sha256_file
 REPO = Path(__file__).resolve().parent.parent
 ANCHOR_DIR = Path(os.environ.get("ANCHOR_DIR", REPO / "benchmarks" / ".anchors"))
 MODELS_DIR = Path(os.environ.get("EDGE_RUNTIME_MODELS", "/work/models"))
+PROMPT_FILE = REPO / "benchmarks" / "data" / "prompt.txt"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,19 @@ def register(subparsers: Any) -> None:
         help="int4 blocks: symmetric (fastest, default), asymmetric, or affine (exact for GGUF"
         " sources, much slower to run)",
     )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="choose symmetric int4 scales by the error they cause on a calibration text"
+        " (closer to fp32, same size and speed; conversion takes about a minute longer)",
+    )
+    parser.add_argument(
+        "--head-bits",
+        type=int,
+        choices=(4, 8),
+        default=4,
+        help="bits of the lm_head in an int4 bundle (8: closer to fp32, slower and larger)",
+    )
     parser.add_argument("--max-context", type=int, help="cap the context length (tokens)")
     parser.add_argument("--graph", choices=GRAPHS, default="auto", help="graph builder")
     parser.add_argument(
@@ -67,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         graph=args.graph,
         int4_scheme=args.int4_scheme,
+        head_bits=args.head_bits,
+        calibrate=args.calibrate,
         overwrite=args.force,
     )
     _quiet_libraries()

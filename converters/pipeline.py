@@ -67,6 +67,16 @@ def _tokenizer_json(hf_dir: Path, work: Path, trust_remote_code: bool) -> Path:
     return out / "tokenizer.json"
 
 
+def _calibration_ids(hf_dir: Path, work: Path, options: ConvertOptions) -> list[int]:
+    """Tokenize the built-in calibration text with the model's own tokenizer."""
+    from tokenizers import Tokenizer
+
+    from converters.calibration import TEXT
+
+    tokenizer = Tokenizer.from_file(str(_tokenizer_json(hf_dir, work, options.trust_remote_code)))
+    return list(tokenizer.encode(TEXT.read_text(encoding="utf-8")).ids)
+
+
 def _write_files(
     stage: Path,
     model_files: list[Path],
@@ -114,7 +124,10 @@ def _build(
     with step(progress, f"quantize ({options.quant})"):
         qdir = work / "quantized"
         qdir.mkdir()
-        quant = quantize(fp32, qdir / "model.onnx", options)
+        ids = None
+        if options.calibrate:  # one prompt, so no longer than the model's context
+            ids = _calibration_ids(prepared.hf_dir, work, options)[: arch.context_length]
+        quant = quantize(fp32, qdir / "model.onnx", options, ids)
         shutil.rmtree(fp32.parent, ignore_errors=True)
     with step(progress, "write and verify"), staging_dir(out_dir) as stage:
         model_files = [p for p in qdir.iterdir() if p.name.startswith("model.onnx")]

@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from converters.errors import ExportError
 from converters.export.graph_edit import untie_lm_head
 from converters.onnx_io import save_model
@@ -50,26 +52,25 @@ def unquantized_weights(model: Any) -> list[str]:
     return sorted(found)
 
 
-def _int4(model: Any, options: ConvertOptions, exclude: list[str]) -> Any:
-    """MatMuls and the embedding Gather to int4 blocks in ``options.int4_scheme``."""
+def lm_head_node(model: Any) -> str | None:
+    """Name of the MatMul that produces the logits, if there is one."""
+    outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and any(o in outputs for o in node.output):
+            return str(node.name)
+    return None
+
+
+def _nbits(model: Any, bits: int, options: ConvertOptions, exclude: list[str],
+           ops: tuple[str, ...], symmetric: bool = True) -> Any:
+    """ONNX Runtime's MatMulNBits quantizer over ``ops``, except the ``exclude`` nodes."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from converters.int4_affine import quantize_matmuls_affine
-
-    affine = options.int4_scheme == "affine"
-    ops = ("Gather",) if affine else WEIGHT_OPS
-    if affine:
-        model = quantize_matmuls_affine(
-            model,
-            block_size=options.block_size,
-            accuracy_level=options.accuracy_level,
-            exclude=set(exclude),
-        )
     quantizer = MatMulNBitsQuantizer(
         model,
-        bits=4,
+        bits=bits,
         block_size=options.block_size,
-        is_symmetric=options.int4_scheme != "asymmetric",
+        is_symmetric=symmetric,
         accuracy_level=options.accuracy_level,
         nodes_to_exclude=exclude,
         op_types_to_quantize=ops,
@@ -77,6 +78,35 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str]) -> Any:
     )
     quantizer.process()
     return quantizer.model.model
+
+
+def _int4(model: Any, options: ConvertOptions, exclude: list[str],
+          importance: dict[str, np.ndarray] | None) -> Any:
+    """MatMuls and the embedding Gather to int4 blocks in ``options.int4_scheme``."""
+    from converters.int4_blocks import (
+        BlockFn,
+        Blocks,
+        affine_blocks,
+        quantize_matmuls,
+        searched_blocks,
+    )
+
+    head = lm_head_node(model)
+    if options.head_bits == 8 and head is not None and head not in exclude:
+        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != head]
+        model = _nbits(model, 8, options, others, ("MatMul",))
+    size = options.block_size
+    block_fn: BlockFn | None = None
+    if options.int4_scheme == "affine":
+        block_fn = lambda node, w: affine_blocks(w, size)  # noqa: E731
+    elif importance is not None:
+        def block_fn(node: Any, w: np.ndarray) -> Blocks:
+            return searched_blocks(w, size, importance.get(node.name, np.ones(w.shape[0])))
+    if block_fn is not None:
+        model = quantize_matmuls(model, block_fn, block_size=size,
+                                 accuracy_level=options.accuracy_level, exclude=set(exclude))
+    ops = ("Gather",) if block_fn is not None else WEIGHT_OPS
+    return _nbits(model, 4, options, exclude, ops, options.int4_scheme != "asymmetric")
 
 
 def _int8(src: Path, dst: Path, exclude: list[str]) -> None:
@@ -106,11 +136,23 @@ def _quantize_dynamic(src: Path, dst: Path, exclude: list[str]) -> None:
     )
 
 
-def quantize(src: Path, dst: Path, options: ConvertOptions) -> Quantization:
-    """Quantize the fp32 model at ``src`` into ``dst`` as ``options.quant`` says."""
+def quantize(
+    src: Path, dst: Path, options: ConvertOptions, calibration_ids: list[int] | None = None
+) -> Quantization:
+    """Quantize the fp32 model at ``src`` into ``dst`` as ``options.quant`` says.
+
+    ``calibration_ids`` (the tokenized calibration text) is needed when ``options.calibrate``.
+    """
     import onnx
 
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    importance = None
+    if options.quant == "int4" and options.calibrate:
+        from converters.calibration import activation_importance
+
+        if not calibration_ids:
+            raise ExportError("calibrated int4 needs the tokenized calibration text")
+        importance = activation_importance(src, calibration_ids)
     model = onnx.load(str(src), load_external_data=True)
     if options.quant == "fp32":
         save_model(model, dst)
@@ -119,7 +161,7 @@ def quantize(src: Path, dst: Path, options: ConvertOptions) -> Quantization:
     exclude = _excluded(model, options.keep_fp32)
     try:
         if options.quant == "int4":
-            model = _int4(model, options, exclude)
+            model = _int4(model, options, exclude, importance)
             save_model(model, dst)
         else:
             untied = dst.parent / "untied.onnx"
@@ -138,5 +180,7 @@ def quantize(src: Path, dst: Path, options: ConvertOptions) -> Quantization:
             accuracy_level=options.accuracy_level,
             symmetric=options.int4_scheme == "symmetric",
             unquantized=left,
+            head_bits=options.head_bits,
+            calibrated=importance is not None,
         )
     return Quantization(method="int8_dynamic", bits=8, symmetric=True, unquantized=left)

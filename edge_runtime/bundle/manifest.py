@@ -57,6 +57,8 @@ class Quantization:
     accuracy_level: int | None = None
     symmetric: bool | None = None
     unquantized: list[str] = field(default_factory=list)
+    head_bits: int | None = None  # the lm_head's bits when they differ from ``bits``' default
+    calibrated: bool = False  # int4 scales chosen on a calibration text
 
 
 @dataclass(frozen=True)

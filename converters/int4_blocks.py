@@ -1,0 +1,157 @@
+"""int4 MatMulNBits weights packed here, for the block grids ONNX Runtime's quantizer lacks.
+
+Two grids:
+
+- ``affine``: GGUF's Q4_1 and k-quant blocks are ``w = d * q + m`` over 32 values. A float
+  zero point per block represents them exactly, so a GGUF source survives the trip nearly
+  unchanged; ONNX Runtime runs it on a generic path, much slower than the symmetric one.
+- ``searched``: the symmetric grid of the fast kernels (``w = d * (q - 8)``), but with each
+  block's scale chosen to minimise the output error instead of mapping the largest weight to
+  -8. The error of input channel ``k`` is weighted by the mean square of the activations that
+  reach it on a calibration text (the larger the activation, the more its weight's rounding
+  shows in the output). The candidates include the plain choice, so no block gets worse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+LEVELS = 15  # 4 bits
+# Scales tried per block, as divisors of its largest-magnitude weight. None of them clips
+# that weight (|q| <= 8 on the negative side, <= 7 on the positive); -8 is the plain choice.
+SEARCH_DIVISORS = np.concatenate([np.linspace(-8.0, -6.5, 16), np.linspace(6.0, 7.0, 5)])
+_CHUNK = 4096  # output columns quantized at once (bounds the search's scratch memory)
+
+Blocks = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # packed, scales, float zero points
+
+
+def _grouped(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """Return a [K, N] weight as [N, blocks, block_size], zero-padded along K."""
+    k, n = weight.shape
+    blocks = -(-k // block_size)
+    padded = np.pad(weight.astype(np.float32), ((0, blocks * block_size - k), (0, 0)))
+    return padded.T.reshape(n, blocks, block_size)
+
+
+def pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """Pack 4-bit levels [..., 2m] into bytes [..., m], the first of each pair low."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def affine_blocks(weight: np.ndarray, block_size: int) -> Blocks:
+    """Quantize a [K, N] weight along K to affine blocks (min/max scaling)."""
+    grouped = _grouped(weight, block_size)
+    low, high = grouped.min(axis=-1), grouped.max(axis=-1)
+    scale = ((high - low) / LEVELS).astype(np.float32)
+    scale[scale == 0] = 1.0
+    zero = (-low / scale).astype(np.float32)
+    q = np.clip(np.rint(grouped / scale[..., None] + zero[..., None]), 0, LEVELS).astype(np.uint8)
+    return pack_nibbles(q), scale.reshape(-1), zero.reshape(-1)
+
+
+def _levels(blocks: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    safe = np.where(scale == 0, 1.0, scale)
+    return np.clip(np.rint(blocks / safe[:, None]), -8, 7)
+
+
+def _search(blocks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Return the scale per block [rows, size] minimising the weighted squared error."""
+    peak = blocks[np.arange(len(blocks)), np.argmax(np.abs(blocks), axis=1)]
+    best_scale = (peak / -8.0).astype(np.float32)
+    best_error = np.full(len(blocks), np.inf, dtype=np.float32)
+    for divisor in SEARCH_DIVISORS:
+        scale = (peak / divisor).astype(np.float32)
+        error = (weights * (_levels(blocks, scale) * scale[:, None] - blocks) ** 2).sum(axis=1)
+        better = error < best_error
+        best_error[better] = error[better]
+        best_scale[better] = scale[better]
+    return best_scale
+
+
+def searched_blocks(weight: np.ndarray, block_size: int, importance: np.ndarray) -> Blocks:
+    """Quantize a [K, N] weight to symmetric blocks with error-minimising scales.
+
+    ``importance`` [K] weights each input channel's squared rounding error.
+    """
+    grouped = _grouped(weight, block_size)
+    n, count, size = grouped.shape
+    channel = np.pad(importance.astype(np.float32), (0, count * size - len(importance)))
+    per_block = np.broadcast_to(channel.reshape(count, size) + 1e-12, (min(n, _CHUNK), count, size))
+    packed, scales = [], []
+    for start in range(0, n, _CHUNK):
+        chunk = grouped[start : start + _CHUNK].reshape(-1, size)
+        weights = per_block[: len(chunk) // count].reshape(-1, size)
+        scale = _search(chunk, weights)
+        q = (_levels(chunk, scale) + 8).astype(np.uint8).reshape(-1, count, size)
+        packed.append(pack_nibbles(q))
+        scales.append(scale)
+    return np.concatenate(packed), np.concatenate(scales), None
+
+
+BlockFn = Callable[[Any, np.ndarray], Blocks]  # (MatMul node, [K, N] weight) -> blocks
+
+
+def _matmul_nbits(node: Any, weight: np.ndarray, blocks: Blocks, block_size: int,
+                  accuracy_level: int) -> tuple[Any, list[Any]]:
+    from onnx import helper, numpy_helper
+
+    packed, scale, zero = blocks
+    base = node.input[1]
+    tensors = [
+        numpy_helper.from_array(packed, f"{base}_Q4"),
+        numpy_helper.from_array(scale, f"{base}_scales"),
+    ]
+    if zero is not None:
+        tensors.append(numpy_helper.from_array(zero, f"{base}_zero_points"))
+    new = helper.make_node(
+        "MatMulNBits",
+        [node.input[0], *(t.name for t in tensors)],
+        list(node.output),
+        name=f"{node.name}_Q4",
+        domain="com.microsoft",
+        K=weight.shape[0],
+        N=weight.shape[1],
+        bits=4,
+        block_size=block_size,
+        accuracy_level=accuracy_level,
+    )
+    return new, tensors
+
+
+def quantize_matmuls(
+    model: Any, block_fn: BlockFn, *, block_size: int, accuracy_level: int, exclude: set[str]
+) -> Any:
+    """Replace each MatMul with a 2-D float initializer weight by a MatMulNBits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    nodes, replaced = [], set()
+    for node in graph.node:
+        init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if (
+            init is None
+            or node.name in exclude
+            or init.data_type != TensorProto.FLOAT
+            or len(init.dims) != 2
+        ):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(init)
+        blocks = block_fn(node, weight)
+        new, tensors = _matmul_nbits(node, weight, blocks, block_size, accuracy_level)
+        nodes.append(new)
+        graph.initializer.extend(tensors)
+        replaced.add(init.name)
+    still_used = {name for node in nodes for name in node.input}
+    keep = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
