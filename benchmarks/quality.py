@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=[*sources.MODELS, "all"], default="all")
-    parser.add_argument("--quant", action="append", choices=["int4", "int8"])
+    parser.add_argument("--quant", action="append",
+                        choices=[q for q in sources.QUANTS if q != "fp32"])
     parser.add_argument("--reference", type=Path, help="fp32 bundle (default: by name)")
     parser.add_argument("--bundle", type=Path, action="append", default=[],
                         help="another bundle of the same model to compare (repeatable)")

@@ -179,7 +179,7 @@ def _quality(spec: sources.ModelSpec, args: argparse.Namespace,
     cmd = [sys.executable, str(sources.REPO / "benchmarks" / "quality.py"), "--model", spec.key,
            "--threads", str(args.threads), "--json", str(out)]
     for quant in args.quant:
-        if quant in ("int4", "int8"):
+        if quant != "fp32":
             cmd += ["--quant", quant]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=sources.REPO)
     if proc.returncode != 0 or not out.is_file():
@@ -228,7 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new", type=int, default=128)
-    parser.add_argument("--quant", action="append", choices=["int4", "int8", "fp32"],
+    parser.add_argument("--quant", action="append", choices=sources.QUANTS,
                         help="edge-runtime bundles to run (default: int4 and int8)")
     parser.add_argument("--streams", type=int, default=4,
                         help="concurrent streams for the int4 bundle (1 skips it)")

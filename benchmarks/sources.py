@@ -18,6 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 ANCHOR_DIR = Path(os.environ.get("ANCHOR_DIR", REPO / "benchmarks" / ".anchors"))
 MODELS_DIR = Path(os.environ.get("EDGE_RUNTIME_MODELS", "/work/models"))
 PROMPT_FILE = REPO / "benchmarks" / "data" / "prompt.txt"
+# Bundle variants, each at MODELS_DIR/<prefix>-<quant>. "int4-quality" is an int4 bundle made
+# with --calibrate --head-bits 8.
+QUANTS = ("int4", "int4-quality", "int8", "fp32")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,13 @@ from edge_runtime.service.protocol import (
 )
 from edge_runtime.service.replies import chunk_payload
 from edge_runtime.service.store import OutboxItem, Store, StoreError
-from edge_runtime.service.telemetry import Counters, info_payload, stats_payload, status_payload
+from edge_runtime.service.telemetry import (
+    Counters,
+    batching_stats,
+    info_payload,
+    stats_payload,
+    status_payload,
+)
 from edge_runtime.service.topics import Topics
 from edge_runtime.service.transport import (
     Connected,
@@ -297,7 +303,8 @@ class Daemon:
     def _publish_stats(self) -> None:
         s = self.config.service
         payload = stats_payload(self.topics.device, self.counters, len(self.jobs), s.queue_size,
-                                self.store.outbox_size(), self._started)
+                                self.store.outbox_size(), self._started,
+                                batching_stats(self.engine))
         self.transport.publish(self.topics.stats, payload, qos=0)
         self._publish_status("online")
 

@@ -12,6 +12,7 @@ from tests.service.schemas import assert_final
 
 REQUEST = f"edge/{DEVICE}/request"
 INFO = f"edge/{DEVICE}/info"
+STATS = f"edge/{DEVICE}/stats"
 PROMPTS = ["Hello", "Sensors report", "The quick brown fox", "def add(a, b):", "café", "0123"]
 
 
@@ -39,6 +40,7 @@ def test_batched_daemon_answers_like_the_sequential_one(
     probe = client_factory(broker.port)
     probe.subscribe("batch/#")
     probe.subscribe(INFO)
+    probe.subscribe(STATS)
 
     sequential = daemon_factory(broker, engine={"max_batch": 1})
     expected = _answers(probe, "one")
@@ -49,4 +51,10 @@ def test_batched_daemon_answers_like_the_sequential_one(
                                               for m in probe.on(INFO)),
                           20), "the info topic should say the daemon batches 4 at once"
     assert _answers(probe, "four") == expected
+
+    def shared_forwards(_r: object) -> bool:
+        return any((m.json().get("batching") or {}).get("peak_batch", 0) >= 2
+                   for m in probe.on(STATS))
+
+    assert probe.wait_for(shared_forwards, 10), "stats should show requests decoded together"
     assert batched.alive
