@@ -101,6 +101,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
     if not sys.stderr.isatty():  # plain lines only: no tqdm bars in logs
+        os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's own bar
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
