@@ -10,6 +10,7 @@ Two grids:
   -8. The error of input channel ``k`` is weighted by the mean square of the activations that
   reach it on a calibration text (the larger the activation, the more its weight's rounding
   shows in the output). The candidates include the plain choice, so no block gets worse.
+  The embedding table gets the same search with equal weights, as ``GatherBlockQuantized``.
 """
 
 from __future__ import annotations
@@ -121,11 +122,81 @@ def _matmul_nbits(node: Any, weight: np.ndarray, blocks: Blocks, block_size: int
     return new, tensors
 
 
+def _gather_block_quantized(node: Any, table: np.ndarray, blocks: Blocks,
+                            block_size: int) -> tuple[Any, list[Any]]:
+    """A GatherBlockQuantized over a [rows, width] table stored as ONNX INT4 (no zero point)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    packed, scale, _ = blocks
+    rows, width = table.shape
+    base = node.input[0]
+    # INT4 nibbles are two's complement: level q - 8 is the unsigned nibble q with bit 3 flipped.
+    signed = packed.reshape(rows, -1) ^ np.uint8(0x88)
+    data = helper.make_tensor(f"{base}_Q4", TensorProto.INT4, [rows, width], signed.tobytes(),
+                              raw=True)
+    scales = numpy_helper.from_array(scale.reshape(rows, -1), f"{base}_scales")
+    new = helper.make_node(
+        "GatherBlockQuantized",
+        [data.name, node.input[1], scales.name],
+        list(node.output),
+        name=f"{node.name}_Q4",
+        domain="com.microsoft",
+        block_size=block_size,
+        gather_axis=0,
+        quantize_axis=1,
+    )
+    return new, [data, scales]
+
+
+def quantize_gathers(model: Any, block_size: int, exclude: set[str]) -> Any:
+    """Replace each row Gather from a 2-D float table (the embedding) by searched int4 blocks.
+
+    Every element of a gathered row goes into the residual stream as it is, so the scales
+    minimise the plain squared error.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    nodes, replaced = [], set()
+    for node in graph.node:
+        init = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if (init is None or node.name in exclude or axis != 0
+                or init.data_type != TensorProto.FLOAT or len(init.dims) != 2):
+            nodes.append(node)
+            continue
+        table = numpy_helper.to_array(init)
+        # Rows play the part of output columns: blocks run along each row.
+        blocks = searched_blocks(table.T, block_size, np.ones(table.shape[1]))
+        new, tensors = _gather_block_quantized(node, table, blocks, block_size)
+        nodes.append(new)
+        graph.initializer.extend(tensors)
+        replaced.add(init.name)
+    _replace(model, nodes, replaced)
+    return model
+
+
+def _replace(model: Any, nodes: list[Any], replaced: set[str]) -> None:
+    """Install ``nodes`` and drop the ``replaced`` initializers nothing reads any more."""
+    from onnx import helper
+
+    graph = model.graph
+    still_used = {name for node in nodes for name in node.input}
+    keep = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
 def quantize_matmuls(
     model: Any, block_fn: BlockFn, *, block_size: int, accuracy_level: int, exclude: set[str]
 ) -> Any:
     """Replace each MatMul with a 2-D float initializer weight by a MatMulNBits."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
@@ -146,12 +217,5 @@ def quantize_matmuls(
         nodes.append(new)
         graph.initializer.extend(tensors)
         replaced.add(init.name)
-    still_used = {name for node in nodes for name in node.input}
-    keep = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    if not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _replace(model, nodes, replaced)
     return model

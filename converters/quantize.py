@@ -87,6 +87,7 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str],
         BlockFn,
         Blocks,
         affine_blocks,
+        quantize_gathers,
         quantize_matmuls,
         searched_blocks,
     )
@@ -105,6 +106,8 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str],
     if block_fn is not None:
         model = quantize_matmuls(model, block_fn, block_size=size,
                                  accuracy_level=options.accuracy_level, exclude=set(exclude))
+    if importance is not None:
+        return quantize_gathers(model, size, set(exclude))
     ops = ("Gather",) if block_fn is not None else WEIGHT_OPS
     return _nbits(model, 4, options, exclude, ops, options.int4_scheme != "asymmetric")
 

@@ -89,12 +89,14 @@ def test_calibrated_bundle_with_8bit_head_tracks_fp32(
     manifest = convert(tiny_hf_model(arch), out, options)
     assert manifest.quantization.calibrated is True
     assert manifest.quantization.head_bits == 8
+    assert manifest.quantization.unquantized == []  # the embedding too, as searched int4 blocks
     nodes = onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node
     bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
             for n in nodes if n.op_type == "MatMulNBits"}
     heads = [name for name, b in bits.items() if b == 8]
     assert len(heads) == 1 and "lm_head" in heads[0]
     assert len(bits) > 1 and all(b == 4 for name, b in bits.items() if name not in heads)
+    assert [n.op_type for n in nodes].count("GatherBlockQuantized") == 1
 
     def logits(bundle: Path) -> np.ndarray:
         engine = load_engine(bundle, EngineOptions(provider="cpu", threads=2))
