@@ -116,3 +116,32 @@ def test_calibration_is_refused_for_grids_it_does_not_search() -> None:
         ConvertOptions(calibrate=True, int4_scheme="affine")
     with pytest.raises(ConverterError, match="head bits"):
         ConvertOptions(head_bits=6)
+
+
+def test_onnx_runtime_gathers_the_searched_embedding_rows_as_written() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from converters.int4_blocks import quantize_gathers
+
+    rng = np.random.default_rng(5)
+    table = rng.normal(0, 0.1, (50, 64)).astype(np.float32)
+    ids = np.array([[3, 0, 49, 3]], dtype=np.int64)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"], name="embed")], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [1, 4, 64])],
+        [helper.make_tensor("table", TensorProto.FLOAT, table.shape, table.ravel().tolist())],
+    )
+    model = quantize_gathers(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                             32, set())
+    assert [n.op_type for n in model.graph.node] == ["GatherBlockQuantized"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"ids": ids})[0]
+    packed, scales, _ = searched_blocks(table.T, 32, np.ones(64))
+    expected = _dequantize(packed, scales, 64).T[ids]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    step = np.repeat(np.abs(scales).reshape(50, 2), 32, axis=1)[ids]
+    # Within one step of each block (as with plain rounding, a value opposite in sign to the
+    # block's peak may lie past the grid's +7 end by up to one step).
+    assert np.all(np.abs(got - table[ids]) <= step + 1e-6)
