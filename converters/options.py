@@ -47,6 +47,8 @@ class ConvertOptions:
             )
         if self.head_bits not in (4, 8):
             raise ConverterError(f"head bits must be 4 or 8, not {self.head_bits}")
+        if self.quant != "int4" and (self.calibrate or self.head_bits != 4):
+            raise ConverterError("--calibrate and --head-bits apply to int4 bundles only")
         if self.calibrate and self.int4_scheme != "symmetric":
             raise ConverterError("calibrated scales are for the symmetric int4 scheme only")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):

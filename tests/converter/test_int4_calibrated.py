@@ -116,6 +116,8 @@ def test_calibration_is_refused_for_grids_it_does_not_search() -> None:
         ConvertOptions(calibrate=True, int4_scheme="affine")
     with pytest.raises(ConverterError, match="head bits"):
         ConvertOptions(head_bits=6)
+    with pytest.raises(ConverterError, match="int4 bundles only"):
+        ConvertOptions(quant="int8", calibrate=True)
 
 
 def test_onnx_runtime_gathers_the_searched_embedding_rows_as_written() -> None:
