@@ -25,17 +25,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import sources
 from benchmarks.report import markdown_table
 from edge_runtime.engine import EngineOptions, load_engine
-from edge_runtime.engine.runners.gqa import GqaSlots
+from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
 
 BATCHES = (1, 2, 3, 4)
 
 
-def _slots(bundle: Path, threads: int) -> tuple[GqaSlots, list[int]]:
+def _slots(bundle: Path, threads: int, profile: str | None = None) -> tuple[GqaSlots, list[int]]:
     engine = load_engine(bundle, EngineOptions(provider="cpu", threads=threads))
     m = engine.manifest
-    if m.graph.kind != "gqa":
+    if not isinstance(engine.runner, GqaRunner):
         raise SystemExit(f"{bundle}: batching needs a gqa graph, this one is {m.graph.kind}")
-    slots = GqaSlots(engine.runner.slots.session, m.graph, m.architecture,
+    session = engine.runner.slots.session
+    if profile is not None:
+        session = _profiled_session(bundle, threads, profile)
+    slots = GqaSlots(session, m.graph, m.architecture,
                      slots=max(BATCHES), max_length=engine.runner.max_length)
     ids = engine.tokenizer.encode(sources.PROMPT_FILE.read_text())
     return slots, ids
@@ -61,6 +64,52 @@ def measure(bundle: Path, threads: int, steps: int, rounds: int) -> dict[int, fl
     return {n: statistics.median(v) for n, v in times.items()}
 
 
+def _profiled_session(bundle: Path, threads: int, prefix: str) -> object:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.enable_profiling = True
+    options.profile_file_prefix = prefix
+    return ort.InferenceSession(str(bundle / "model.onnx"), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def profile_ops(bundle: Path, threads: int, steps: int, batch: int) -> dict[str, float]:
+    """Return ms per decode forward by operator type at ``batch`` (from ORT's profiler)."""
+    import collections
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        slots, ids = _slots(bundle, threads, profile=f"{tmp}/ort")
+        prompt = np.asarray(ids, dtype=np.int64)[None, :]
+        for slot in range(batch):
+            slots.run(slot, prompt, np.zeros(1, dtype=np.int64))
+        token = np.full((batch, 1), ids[-1], dtype=np.int64)
+        lengths = np.full(batch, len(ids), dtype=np.int64)
+        for _ in range(steps):
+            slots.run(0, token, lengths)
+        events = json.loads(Path(slots.session.end_profiling()).read_text())
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    since = runs[-steps]["ts"]
+    totals: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
+            op = e["args"]["op_name"] + (" (lm_head)" if "lm_head" in e["name"] else "")
+            totals[op] += e["dur"]
+    totals["whole forward"] = sum(r["dur"] for r in runs[-steps:])
+    return {op: us / steps / 1000 for op, us in totals.most_common()}
+
+
+def profile_table(by_batch: dict[int, dict[str, float]]) -> str:
+    ops = list(by_batch[1])
+    header = ["operator", *(f"batch {b} ms" for b in by_batch), "ratio"]
+    rows = [[op, *(f"{by_batch[b].get(op, 0.0):.2f}" for b in by_batch),
+             f"{by_batch[4].get(op, 0.0) / max(by_batch[1][op], 1e-9):.2f}x"] for op in ops]
+    return markdown_table(header, rows)
+
+
 def table(title: str, step_s: dict[int, float]) -> str:
     one = step_s[1]
     rows = [[str(n), f"{s * 1e3:.2f}", f"{s / one:.2f}x", f"{n / s:.1f}", f"{n * one / s:.2f}x"]
@@ -77,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="also break the batch-1 and batch-4 forwards down by operator")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     keys = list(sources.MODELS) if args.model == "all" else [args.model]
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, object] = {}
     for key in keys:
         spec = sources.MODELS[key]
         bundle = sources.bundle_path(spec, args.quant)
@@ -90,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         step_s = measure(bundle, args.threads, args.steps, args.rounds)
         out[key] = {str(n): s for n, s in step_s.items()}
         print(table(f"{spec.title} {args.quant}", step_s) + "\n")
+        if args.profile:
+            ops = {b: profile_ops(bundle, args.threads, args.steps, b) for b in (1, 4)}
+            out[f"{key}-profile"] = {str(b): v for b, v in ops.items()}
+            print(profile_table(ops) + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"threads": args.threads, "step_s": out}, indent=2))
