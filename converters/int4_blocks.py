@@ -148,40 +148,31 @@ def _gather_block_quantized(node: Any, table: np.ndarray, blocks: Blocks,
     return new, [data, scales]
 
 
-def quantize_gathers(model: Any, block_size: int, exclude: set[str]) -> Any:
-    """Replace each row Gather from a 2-D float table (the embedding) by searched int4 blocks.
+Swap = Callable[[Any, np.ndarray], tuple[Any, list[Any]] | None]  # node, weight -> new node
 
-    Every element of a gathered row goes into the residual stream as it is, so the scales
-    minimise the plain squared error.
-    """
-    from onnx import TensorProto, numpy_helper
+
+def _swap_weights(model: Any, op_type: str, weight_input: int, swap: Swap,
+                  exclude: set[str]) -> Any:
+    """Give ``swap`` every ``op_type`` node whose input ``weight_input`` is a 2-D float
+    initializer; install the nodes it returns and drop the initializers they replaced."""
+    from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     nodes, replaced = [], set()
     for node in graph.node:
-        init = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if (init is None or node.name in exclude or axis != 0
-                or init.data_type != TensorProto.FLOAT or len(init.dims) != 2):
+        init = inits.get(node.input[weight_input]) if node.op_type == op_type else None
+        swapped = None
+        if (init is not None and node.name not in exclude
+                and init.data_type == TensorProto.FLOAT and len(init.dims) == 2):
+            swapped = swap(node, numpy_helper.to_array(init))
+        if init is None or swapped is None:
             nodes.append(node)
             continue
-        table = numpy_helper.to_array(init)
-        # Rows play the part of output columns: blocks run along each row.
-        blocks = searched_blocks(table.T, block_size, np.ones(table.shape[1]))
-        new, tensors = _gather_block_quantized(node, table, blocks, block_size)
+        new, tensors = swapped
         nodes.append(new)
         graph.initializer.extend(tensors)
         replaced.add(init.name)
-    _replace(model, nodes, replaced)
-    return model
-
-
-def _replace(model: Any, nodes: list[Any], replaced: set[str]) -> None:
-    """Install ``nodes`` and drop the ``replaced`` initializers nothing reads any more."""
-    from onnx import helper
-
-    graph = model.graph
     still_used = {name for node in nodes for name in node.input}
     keep = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
     del graph.node[:]
@@ -190,32 +181,33 @@ def _replace(model: Any, nodes: list[Any], replaced: set[str]) -> None:
     graph.initializer.extend(keep)
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+def quantize_gathers(model: Any, block_size: int, exclude: set[str]) -> Any:
+    """Replace each row Gather from a 2-D float table (the embedding) by searched int4 blocks.
+
+    Every element of a gathered row goes into the residual stream as it is, so the scales
+    minimise the plain squared error.
+    """
+
+    def swap(node: Any, table: np.ndarray) -> tuple[Any, list[Any]] | None:
+        if next((a.i for a in node.attribute if a.name == "axis"), 0) != 0:
+            return None
+        # Rows play the part of output columns: blocks run along each row.
+        blocks = searched_blocks(table.T, block_size, np.ones(table.shape[1]))
+        return _gather_block_quantized(node, table, blocks, block_size)
+
+    return _swap_weights(model, "Gather", 0, swap, exclude)
 
 
 def quantize_matmuls(
     model: Any, block_fn: BlockFn, *, block_size: int, accuracy_level: int, exclude: set[str]
 ) -> Any:
     """Replace each MatMul with a 2-D float initializer weight by a MatMulNBits."""
-    from onnx import TensorProto, numpy_helper
 
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    nodes, replaced = [], set()
-    for node in graph.node:
-        init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
-        if (
-            init is None
-            or node.name in exclude
-            or init.data_type != TensorProto.FLOAT
-            or len(init.dims) != 2
-        ):
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(init)
+    def swap(node: Any, weight: np.ndarray) -> tuple[Any, list[Any]]:
         blocks = block_fn(node, weight)
-        new, tensors = _matmul_nbits(node, weight, blocks, block_size, accuracy_level)
-        nodes.append(new)
-        graph.initializer.extend(tensors)
-        replaced.add(init.name)
-    _replace(model, nodes, replaced)
-    return model
+        return _matmul_nbits(node, weight, blocks, block_size, accuracy_level)
+
+    return _swap_weights(model, "MatMul", 1, swap, exclude)
