@@ -2,7 +2,9 @@
 
 The text (``data/calibration.txt``, written for this project: field notes, clinic
 instructions, Python, shell, JSON, SQL) runs once through the fp32 ONNX model as a single
-prompt. For every MatMul with a weight, the mean square of each input channel is recorded.
+prompt, every position of it reaching the lm_head. The activations at the input of every
+MatMul are kept: their Gram matrix drives the error compensation of ``converters.gptq``,
+its diagonal (the mean square of each channel) the scale search of ``converters.int4_blocks``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from converters.export.graph_edit import LAST_POSITION_SLICE
+from converters.gqa.decoder import LAST_POSITION
 
 TEXT = Path(__file__).resolve().parent / "data" / "calibration.txt"
 
@@ -34,12 +39,47 @@ def _feeds(session: Any, ids: list[int], gqa: bool) -> dict[str, np.ndarray]:
     return feeds
 
 
-def activation_importance(model_path: Path, ids: list[int]) -> dict[str, np.ndarray]:
-    """Return, per MatMul node name, the mean square [K] of its activation input over ``ids``."""
+class Calibration:
+    """The activations [tokens, K] that reach each weighted MatMul on the calibration text."""
+
+    def __init__(self, inputs: dict[str, str], activations: dict[str, np.ndarray]):
+        self._inputs = inputs  # MatMul node name -> the tensor it reads
+        self._activations = activations  # tensor name -> [tokens, K]
+        self._grams: dict[str, np.ndarray] = {}
+
+    def __contains__(self, node: str) -> bool:
+        return node in self._inputs
+
+    def importance(self, node: str) -> np.ndarray:
+        """Mean square [K] of each input channel of ``node``."""
+        return np.diag(self.gram(node)).copy()
+
+    def gram(self, node: str) -> np.ndarray:
+        """Mean outer product [K, K] of ``node``'s input, shared by nodes reading one tensor."""
+        from converters.gptq import gram
+
+        tap = self._inputs[node]
+        if tap not in self._grams:
+            self._grams[tap] = gram(self._activations[tap])
+        return self._grams[tap]
+
+
+def _all_positions(model: Any) -> None:
+    """Let every position reach the lm_head (the served graph keeps only the last one)."""
+    for node in model.graph.node:
+        if node.name == LAST_POSITION_SLICE or node.name.startswith(LAST_POSITION):
+            del node.input[1:]
+            del node.attribute[:]
+            node.op_type = "Identity"
+
+
+def calibrate(model_path: Path, ids: list[int]) -> Calibration:
+    """Run ``ids`` through the fp32 graph at ``model_path`` as one prompt, tapping every MatMul."""
     import onnx
     import onnxruntime as ort
 
     model = onnx.load(str(model_path), load_external_data=False)
+    _all_positions(model)
     # Every MatMul, not only those with an initializer weight: a tied lm_head reads the
     # embedding through a Transpose until the quantizer unties it.
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
@@ -56,8 +96,8 @@ def activation_importance(model_path: Path, ids: list[int]) -> dict[str, np.ndar
         values = session.run(taps, _feeds(session, ids, gqa))
     finally:
         tapped.unlink(missing_ok=True)
-    square = {
-        name: np.mean(np.square(v.reshape(-1, v.shape[-1]), dtype=np.float64), axis=0)
+    activations = {
+        name: v.reshape(-1, v.shape[-1]).astype(np.float32)
         for name, v in zip(taps, values, strict=True)
     }
-    return {n.name: square[n.input[0]] for n in matmuls}
+    return Calibration({n.name: n.input[0] for n in matmuls}, activations)

@@ -53,19 +53,20 @@ def affine_blocks(weight: np.ndarray, block_size: int) -> Blocks:
     return pack_nibbles(q), scale.reshape(-1), zero.reshape(-1)
 
 
-def _levels(blocks: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def levels(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Symmetric int4 levels (-8..7) of ``values`` at ``scale`` (broadcast against them)."""
     safe = np.where(scale == 0, 1.0, scale)
-    return np.clip(np.rint(blocks / safe[:, None]), -8, 7)
+    return np.clip(np.rint(values / safe), -8, 7)
 
 
-def _search(blocks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def search_scales(blocks: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Return the scale per block [rows, size] minimising the weighted squared error."""
     peak = blocks[np.arange(len(blocks)), np.argmax(np.abs(blocks), axis=1)]
     best_scale = (peak / -8.0).astype(np.float32)
     best_error = np.full(len(blocks), np.inf, dtype=np.float32)
     for divisor in SEARCH_DIVISORS:
         scale = (peak / divisor).astype(np.float32)
-        error = (weights * (_levels(blocks, scale) * scale[:, None] - blocks) ** 2).sum(axis=1)
+        error = (weights * (levels(blocks, scale[:, None]) * scale[:, None] - blocks) ** 2).sum(1)
         better = error < best_error
         best_error[better] = error[better]
         best_scale[better] = scale[better]
@@ -85,8 +86,8 @@ def searched_blocks(weight: np.ndarray, block_size: int, importance: np.ndarray)
     for start in range(0, n, _CHUNK):
         chunk = grouped[start : start + _CHUNK].reshape(-1, size)
         weights = per_block[: len(chunk) // count].reshape(-1, size)
-        scale = _search(chunk, weights)
-        q = (_levels(chunk, scale) + 8).astype(np.uint8).reshape(-1, count, size)
+        scale = search_scales(chunk, weights)
+        q = (levels(chunk, scale[:, None]) + 8).astype(np.uint8).reshape(-1, count, size)
         packed.append(pack_nibbles(q))
         scales.append(scale)
     return np.concatenate(packed), np.concatenate(scales), None

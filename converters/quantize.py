@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from converters.export.graph_edit import untie_lm_head
 from converters.onnx_io import save_model
 from converters.options import ConvertOptions
 from edge_runtime.bundle import Quantization
+
+if TYPE_CHECKING:
+    from converters.calibration import Calibration
 
 WEIGHT_OPS = ("MatMul", "Gather")
 
@@ -81,8 +84,9 @@ def _nbits(model: Any, bits: int, options: ConvertOptions, exclude: list[str],
 
 
 def _int4(model: Any, options: ConvertOptions, exclude: list[str],
-          importance: dict[str, np.ndarray] | None) -> Any:
+          calibration: Calibration | None) -> Any:
     """MatMuls and the embedding Gather to int4 blocks in ``options.int4_scheme``."""
+    from converters.gptq import gptq_blocks
     from converters.int4_blocks import (
         BlockFn,
         Blocks,
@@ -100,13 +104,15 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str],
     block_fn: BlockFn | None = None
     if options.int4_scheme == "affine":
         block_fn = lambda node, w: affine_blocks(w, size)  # noqa: E731
-    elif importance is not None:
+    elif calibration is not None:
         def block_fn(node: Any, w: np.ndarray) -> Blocks:
-            return searched_blocks(w, size, importance.get(node.name, np.ones(w.shape[0])))
+            if node.name in calibration:
+                return gptq_blocks(w, calibration.gram(node.name), size)
+            return searched_blocks(w, size, np.ones(w.shape[0]))
     if block_fn is not None:
         model = quantize_matmuls(model, block_fn, block_size=size,
                                  accuracy_level=options.accuracy_level, exclude=set(exclude))
-    if importance is not None:
+    if calibration is not None:
         return quantize_gathers(model, size, set(exclude))
     ops = ("Gather",) if block_fn is not None else WEIGHT_OPS
     return _nbits(model, 4, options, exclude, ops, options.int4_scheme != "asymmetric")
@@ -149,13 +155,13 @@ def quantize(
     import onnx
 
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    importance = None
+    calibration = None
     if options.quant == "int4" and options.calibrate:
-        from converters.calibration import activation_importance
+        from converters.calibration import calibrate
 
         if not calibration_ids:
             raise ExportError("calibrated int4 needs the tokenized calibration text")
-        importance = activation_importance(src, calibration_ids)
+        calibration = calibrate(src, calibration_ids)
     model = onnx.load(str(src), load_external_data=True)
     if options.quant == "fp32":
         save_model(model, dst)
@@ -164,7 +170,7 @@ def quantize(
     exclude = _excluded(model, options.keep_fp32)
     try:
         if options.quant == "int4":
-            model = _int4(model, options, exclude, importance)
+            model = _int4(model, options, exclude, calibration)
             save_model(model, dst)
         else:
             untied = dst.parent / "untied.onnx"
@@ -184,6 +190,6 @@ def quantize(
             symmetric=options.int4_scheme == "symmetric",
             unquantized=left,
             head_bits=options.head_bits,
-            calibrated=importance is not None,
+            calibrated=calibration is not None,
         )
     return Quantization(method="int8_dynamic", bits=8, symmetric=True, unquantized=left)

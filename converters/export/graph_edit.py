@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 INT64_MAX = np.iinfo(np.int64).max
+LAST_POSITION_SLICE = "/lm_head/last_position_slice"
 
 
 def _producers(graph: Any) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def slice_last_position(model: Any, logits: str = "logits") -> None:
     for name, value in consts.items():
         graph.initializer.append(numpy_helper.from_array(value, name))
     node = helper.make_node(
-        "Slice", [hidden, *consts], [sliced], name="/lm_head/last_position_slice"
+        "Slice", [hidden, *consts], [sliced], name=LAST_POSITION_SLICE
     )
     index = list(graph.node).index(matmul)
     graph.node.insert(index, node)

@@ -21,6 +21,8 @@ from converters.gqa.graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
 from converters.gqa.rotary import rope_tables
 from converters.gqa.weights import DecoderConfig, Weights
 
+LAST_POSITION = "/model/last/"  # name prefix of the nodes that keep only the last position
+
 
 class LlamaDecoder:
     """Llama, SmolLM2 and relatives: RMSNorm, rotary GQA, SiLU-gated MLP."""
@@ -185,8 +187,8 @@ class LlamaDecoder:
         g = self.g
         last = g.const_i64("const.last", [-1])
         assert update is not None, "a decoder has at least one layer"
-        update = g.op1("Gather", [update, last], "/model/last/Gather_update", axis=1)
-        residual = g.op1("Gather", [residual, last], "/model/last/Gather_residual", axis=1)
+        update = g.op1("Gather", [update, last], f"{LAST_POSITION}Gather_update", axis=1)
+        residual = g.op1("Gather", [residual, last], f"{LAST_POSITION}Gather_residual", axis=1)
         normed, _ = self._norm("model.norm", update, residual)
         name = "lm_head.weight" if self.w.has("lm_head.weight") else "model.embed_tokens.weight"
         head = g.weight("lm_head.MatMul.weight", self.w.linear(name))
