@@ -44,9 +44,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--calibrate",
-        action="store_true",
-        help="choose symmetric int4 scales by the error they cause on a calibration text"
-        " (closer to fp32, same size and speed; conversion takes about a minute longer)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="round symmetric int4 weights against a calibration text's activations (GPTQ):"
+        " closer to fp32 at the same size and speed; on by default for symmetric int4."
+        " --no-calibrate converts faster (about 2 minutes less for a 0.5B model)",
     )
     parser.add_argument(
         "--head-bits",

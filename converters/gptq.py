@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.int4_blocks import Blocks, levels, pack_nibbles, search_scales
+from converters.int4_blocks import Blocks, pack_nibbles, search_scales
 
 DAMPING = 0.01  # of the mean diagonal, added to the Gram matrix
 SHRINK = 0.5  # pull of the Gram matrix toward its diagonal (plain weighted rounding)
-_LAZY = 128  # channels rounded before the rest of the matrix is updated (one BLAS call)
 
 
 def gram(activations: np.ndarray) -> np.ndarray:
@@ -29,13 +28,23 @@ def gram(activations: np.ndarray) -> np.ndarray:
 
 
 def _inverse_factor(h: np.ndarray) -> np.ndarray:
-    """Upper Cholesky factor of the damped Gram matrix's inverse."""
+    """Upper Cholesky factor ``U`` of the damped Gram matrix's inverse (``U.T @ U = H^-1``).
+
+    With ``J`` the reversal permutation and ``L`` the lower Cholesky factor of ``J H J``,
+    ``U = J L^-1 J``: one factorization and one triangular inverse, no general inverse.
+    """
+    from scipy.linalg import cholesky, lapack
+
     diagonal = np.diag(h).copy()
     diagonal[diagonal == 0] = 1.0  # channels never active: plain rounding
     h = h * (1 - SHRINK)
     h[np.diag_indices_from(h)] = diagonal + DAMPING * float(np.mean(diagonal))
-    inverse = np.linalg.inv(h)
-    return np.linalg.cholesky((inverse + inverse.T) / 2).T
+    # Damped, the matrix is well conditioned: float32 halves the time of the K^3 steps.
+    lower = cholesky(h[::-1, ::-1].astype(np.float32), lower=True)
+    inverse, info = lapack.strtri(lower, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"triangular inverse failed (info {info})")
+    return np.ascontiguousarray(inverse[::-1, ::-1])
 
 
 def gptq_blocks(weight: np.ndarray, h: np.ndarray, block_size: int) -> Blocks:
@@ -46,27 +55,26 @@ def gptq_blocks(weight: np.ndarray, h: np.ndarray, block_size: int) -> Blocks:
     rows[:, :k] = weight.T
     gram_padded = np.zeros((padded, padded))
     gram_padded[:k, :k] = h
-    factor = _inverse_factor(gram_padded).astype(np.float32)
+    factor = _inverse_factor(gram_padded)
     importance = np.diag(gram_padded).astype(np.float32) + 1e-12
     q = np.empty((n, padded), np.uint8)
     scales = np.empty((n, padded // block_size), np.float32)
-    lazy = max(_LAZY // block_size, 1) * block_size
-    for start in range(0, padded, lazy):
-        end = min(start + lazy, padded)
-        chunk = rows[:, start:end]  # a view: updated in place
-        errors = np.empty_like(chunk)
+    # One block at a time: its channels are rounded one by one, each error folded into the
+    # block's later channels; then one BLAS call folds the block's errors into the rest.
+    for start in range(0, padded, block_size):
+        end = start + block_size
+        block = rows[:, start:end]
+        scale = search_scales(block, np.broadcast_to(importance[start:end], block.shape))
+        scales[:, start // block_size] = scale
+        inverse_scale = 1.0 / np.where(scale == 0, 1.0, scale)
+        channels = np.ascontiguousarray(block.T)  # [block_size, n]: each channel contiguous
+        errors = np.empty_like(channels)
         local = factor[start:end, start:end]
-        for j in range(end - start):
-            if j % block_size == 0:
-                block = chunk[:, j : j + block_size]
-                channel = importance[start + j : start + j + block_size]
-                scale = search_scales(block, np.broadcast_to(channel, block.shape))
-                scales[:, (start + j) // block_size] = scale
-            level = levels(chunk[:, j], scale)
+        for j in range(block_size):
+            level = np.clip(np.rint(channels[j] * inverse_scale), -8, 7)
             q[:, start + j] = (level + 8).astype(np.uint8)
-            error = (chunk[:, j] - level * scale) / local[j, j]
-            chunk[:, j + 1 :] -= np.outer(error, local[j, j + 1 :])
-            errors[:, j] = error
-        rows[:, end:] -= errors @ factor[start:end, end:]
+            errors[j] = (channels[j] - level * scale) / local[j, j]
+            channels[j + 1 :] -= local[j, j + 1 :, None] * errors[j]
+        rows[:, end:] -= errors.T @ factor[start:end, end:]
     packed = pack_nibbles(q.reshape(n, -1, block_size))
     return packed, scales.reshape(-1), None

@@ -62,11 +62,20 @@ def levels(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
 def search_scales(blocks: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Return the scale per block [rows, size] minimising the weighted squared error."""
     peak = blocks[np.arange(len(blocks)), np.argmax(np.abs(blocks), axis=1)]
+    safe_peak = np.where(peak == 0, 1.0, peak).astype(np.float32)
     best_scale = (peak / -8.0).astype(np.float32)
     best_error = np.full(len(blocks), np.inf, dtype=np.float32)
+    work = np.empty(blocks.shape, np.float32)
     for divisor in SEARCH_DIVISORS:
         scale = (peak / divisor).astype(np.float32)
-        error = (weights * (levels(blocks, scale[:, None]) * scale[:, None] - blocks) ** 2).sum(1)
+        # In place: levels at this scale, back to weights, weighted squared error.
+        np.multiply(blocks, (np.float32(divisor) / safe_peak)[:, None], out=work)
+        np.clip(np.rint(work, out=work), -8, 7, out=work)
+        work *= scale[:, None]
+        work -= blocks
+        np.square(work, out=work)
+        work *= weights
+        error = work.sum(axis=1)
         better = error < best_error
         best_error[better] = error[better]
         best_scale[better] = scale[better]

@@ -16,10 +16,12 @@ class ConvertOptions:
     ``int4_scheme`` is how int4 blocks are stored: "symmetric" (no zero point, the fastest
     kernels), "asymmetric" (a 4-bit zero point per block) or "affine" (a float zero point
     per block, which reproduces a GGUF's affine blocks exactly but runs on ONNX Runtime's
-    slow generic path: about 25x slower decoding on SmolLM2 here). ``calibrate`` picks each
-    symmetric block's scale to minimise the rounding error weighted by the activations seen on
-    a calibration text; ``head_bits = 8`` stores the lm_head in 8-bit blocks. Both raise the
-    int4 bundle's agreement with fp32; the 8-bit head costs decode speed and memory.
+    slow generic path: about 25x slower decoding on SmolLM2 here). ``calibrate`` rounds the
+    symmetric int4 weights against the activations of a calibration text, compensating each
+    channel's error in the others (GPTQ); ``None`` means on for symmetric int4, off otherwise.
+    ``head_bits = 8`` stores the lm_head in 8-bit blocks. Both raise the int4 bundle's
+    agreement with fp32; calibration costs conversion time, the 8-bit head decode speed and
+    memory.
     """
 
     quant: str = "int4"  # one of QUANTS
@@ -31,7 +33,7 @@ class ConvertOptions:
     graph: str = "auto"  # one of GRAPHS
     int4_scheme: str = "symmetric"  # one of INT4_SCHEMES
     head_bits: int = 4  # 8 keeps the lm_head (the logits) at 8-bit blocks in an int4 bundle
-    calibrate: bool = False  # choose int4 scales by activation-weighted error
+    calibrate: bool | None = None  # see ``calibrated``
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -57,3 +59,10 @@ class ConvertOptions:
             raise ConverterError(f"accuracy level must be 0..4, not {self.accuracy_level}")
         if self.max_context is not None and self.max_context < 16:
             raise ConverterError(f"max context must be at least 16, not {self.max_context}")
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether int4 weights are rounded against calibration activations."""
+        if self.calibrate is None:
+            return self.quant == "int4" and self.int4_scheme == "symmetric"
+        return self.calibrate

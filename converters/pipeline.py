@@ -121,13 +121,14 @@ def _build(
             max_length=arch.context_length,
             trust_remote_code=options.trust_remote_code,
         )
-    with step(progress, f"quantize ({options.quant})"):
+    calibrated = " with calibrated rounding" if options.calibrated else ""
+    with step(progress, f"quantize ({options.quant}{calibrated})"):
         qdir = work / "quantized"
         qdir.mkdir()
         ids = None
-        if options.calibrate:  # one prompt, so no longer than the model's context
+        if options.calibrated:  # one prompt, so no longer than the model's context
             ids = _calibration_ids(prepared.hf_dir, work, options)[: arch.context_length]
-        quant = quantize(fp32, qdir / "model.onnx", options, ids)
+        quant = quantize(fp32, qdir / "model.onnx", options, ids, progress)
         shutil.rmtree(fp32.parent, ignore_errors=True)
     with step(progress, "write and verify"), staging_dir(out_dir) as stage:
         model_files = [p for p in qdir.iterdir() if p.name.startswith("model.onnx")]

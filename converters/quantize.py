@@ -7,6 +7,7 @@ MatMuls and GatherBlockQuantized for the embedding, after untying a shared lm_he
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +17,12 @@ from converters.errors import ExportError
 from converters.export.graph_edit import untie_lm_head
 from converters.onnx_io import save_model
 from converters.options import ConvertOptions
+from converters.progress import Progress, silent
 from edge_runtime.bundle import Quantization
 
 if TYPE_CHECKING:
     from converters.calibration import Calibration
+    from converters.int4_blocks import BlockFn
 
 WEIGHT_OPS = ("MatMul", "Gather")
 
@@ -83,17 +86,41 @@ def _nbits(model: Any, bits: int, options: ConvertOptions, exclude: list[str],
     return quantizer.model.model
 
 
-def _int4(model: Any, options: ConvertOptions, exclude: list[str],
-          calibration: Calibration | None) -> Any:
-    """MatMuls and the embedding Gather to int4 blocks in ``options.int4_scheme``."""
+def _weight_count(model: Any) -> int:
+    inits = {i.name for i in model.graph.initializer}
+    return sum(n.op_type == "MatMul" and n.input[1] in inits for n in model.graph.node)
+
+
+def _calibrated_blocks(calibration: Calibration, size: int, progress: Progress,
+                       total: int) -> BlockFn:
+    """Error-compensated blocks per MatMul, reporting progress every ~15 s of rounding."""
     from converters.gptq import gptq_blocks
+    from converters.int4_blocks import Blocks, searched_blocks
+
+    done, last = 0, time.monotonic()
+
+    def blocks(node: Any, w: np.ndarray) -> Blocks:
+        nonlocal done, last
+        if node.name in calibration:
+            result = gptq_blocks(w, calibration.gram(node.name), size)
+        else:
+            result = searched_blocks(w, size, np.ones(w.shape[0]))
+        done += 1
+        if time.monotonic() - last > 15:
+            progress(f"calibrated rounding: {done} of {total} weight matrices")
+            last = time.monotonic()
+        return result
+
+    return blocks
+
+
+def _int4(model: Any, options: ConvertOptions, exclude: list[str],
+          calibration: Calibration | None, progress: Progress) -> Any:
+    """MatMuls and the embedding Gather to int4 blocks in ``options.int4_scheme``."""
     from converters.int4_blocks import (
-        BlockFn,
-        Blocks,
         affine_blocks,
         quantize_gathers,
         quantize_matmuls,
-        searched_blocks,
     )
 
     head = lm_head_node(model)
@@ -105,10 +132,7 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str],
     if options.int4_scheme == "affine":
         block_fn = lambda node, w: affine_blocks(w, size)  # noqa: E731
     elif calibration is not None:
-        def block_fn(node: Any, w: np.ndarray) -> Blocks:
-            if node.name in calibration:
-                return gptq_blocks(w, calibration.gram(node.name), size)
-            return searched_blocks(w, size, np.ones(w.shape[0]))
+        block_fn = _calibrated_blocks(calibration, size, progress, _weight_count(model))
     if block_fn is not None:
         model = quantize_matmuls(model, block_fn, block_size=size,
                                  accuracy_level=options.accuracy_level, exclude=set(exclude))
@@ -146,17 +170,21 @@ def _quantize_dynamic(src: Path, dst: Path, exclude: list[str]) -> None:
 
 
 def quantize(
-    src: Path, dst: Path, options: ConvertOptions, calibration_ids: list[int] | None = None
+    src: Path,
+    dst: Path,
+    options: ConvertOptions,
+    calibration_ids: list[int] | None = None,
+    progress: Progress = silent,
 ) -> Quantization:
     """Quantize the fp32 model at ``src`` into ``dst`` as ``options.quant`` says.
 
-    ``calibration_ids`` (the tokenized calibration text) is needed when ``options.calibrate``.
+    ``calibration_ids`` (the tokenized calibration text) is needed when ``options.calibrated``.
     """
     import onnx
 
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     calibration = None
-    if options.quant == "int4" and options.calibrate:
+    if options.calibrated:
         from converters.calibration import calibrate
 
         if not calibration_ids:
@@ -170,7 +198,7 @@ def quantize(
     exclude = _excluded(model, options.keep_fp32)
     try:
         if options.quant == "int4":
-            model = _int4(model, options, exclude, calibration)
+            model = _int4(model, options, exclude, calibration, progress)
             save_model(model, dst)
         else:
             untied = dst.parent / "untied.onnx"

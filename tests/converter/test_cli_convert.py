@@ -29,14 +29,17 @@ def test_convert_writes_a_verified_bundle_with_progress(
     out = tmp_path / "bundle"
     result = convert_cli(tiny_hf_model("qwen2"), "-o", out, "--quant", "int4", "--graph", "optimum")
     assert result.returncode == 0, result.stderr
-    for step in ("load", "export (optimum graph)", "quantize (int4)", "write and verify"):
+    steps = ("load", "export (optimum graph)", "quantize (int4 with calibrated rounding)",
+             "write and verify")
+    for step in steps:
         assert f"{step} done" in result.stderr
     assert str(out) in result.stdout and "verified" in result.stdout
     manifest = verify_bundle(out)
-    assert manifest.quantization.bits == 4
+    assert manifest.quantization.bits == 4 and manifest.quantization.calibrated
     again = convert_cli(tiny_hf_model("qwen2"), "-o", out, "--quant", "int8", "--force")
     assert again.returncode == 0, again.stderr
     assert verify_bundle(out).quantization.bits == 8
+    assert not verify_bundle(out).quantization.calibrated
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 

@@ -108,6 +108,16 @@ def test_calibrated_bundle_with_8bit_head_tracks_fp32(
     assert cosine > 0.95  # int4 on a random 2-layer model: 0.96 to 0.98; a bad layout: ~0
 
 
+def test_calibration_is_on_by_default_for_symmetric_int4_only() -> None:
+    from converters import ConvertOptions
+
+    assert ConvertOptions().calibrated
+    assert not ConvertOptions(calibrate=False).calibrated
+    assert not ConvertOptions(quant="int8").calibrated
+    assert not ConvertOptions(quant="fp32").calibrated
+    assert not ConvertOptions(int4_scheme="asymmetric").calibrated
+
+
 def test_calibration_is_refused_for_grids_it_does_not_search() -> None:
     from converters import ConvertOptions
     from converters.errors import ConverterError
