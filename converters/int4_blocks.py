@@ -10,7 +10,8 @@ Two grids:
   -8. The error of input channel ``k`` is weighted by the mean square of the activations that
   reach it on a calibration text (the larger the activation, the more its weight's rounding
   shows in the output). The candidates include the plain choice, so no block gets worse.
-  The embedding table gets the same search with equal weights, as ``GatherBlockQuantized``.
+  ``converters.gptq`` runs this search block by block as it rounds a MatMul; the embedding
+  table gets it with equal weights, as ``GatherBlockQuantized``.
 """
 
 from __future__ import annotations
