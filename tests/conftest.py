@@ -14,6 +14,7 @@ import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,17 +46,18 @@ def converter_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("converter-cache")
 
 
-def _reusable(bundle: Path) -> bool:
+def _reusable(bundle: Path, options: Any = None) -> bool:
+    """A verified bundle in the cache, built with ``options``' calibration if they are given."""
     from edge_runtime.bundle import verify_bundle
     from edge_runtime.errors import BundleError
 
     if not (bundle / "manifest.json").is_file():
         return False
     try:
-        verify_bundle(bundle)
+        manifest = verify_bundle(bundle)
     except BundleError:
         return False
-    return True
+    return options is None or manifest.quantization.calibrated == options.calibrated
 
 
 @pytest.fixture(scope="session")
@@ -126,18 +128,24 @@ def smollm2_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_bundle(converter_cache: Path, smollm2_gguf: Path) -> Callable[..., Path]:
-    """Return a factory: ``smollm2_bundle(quant="int4", int4_scheme="symmetric")``."""
+    """Return a factory: ``smollm2_bundle(quant="int4", int4_scheme="symmetric",
+    calibrate=None)`` (``None``: the converter's default)."""
     built: dict[str, Path] = {}
 
-    def make(quant: str = "int4", int4_scheme: str = "symmetric") -> Path:
+    def make(quant: str = "int4", int4_scheme: str = "symmetric",
+             calibrate: bool | None = None) -> Path:
         key = quant if int4_scheme == "symmetric" else f"{quant}-{int4_scheme}"
+        key += "-no-calibrate" if calibrate is False else ""
         if key not in built:
             out = converter_cache / f"bundle-smollm2-{key}"
-            if not _reusable(out):
-                _need_convert_extra()
-                from converters import ConvertOptions, convert
+            from converters import ConvertOptions
 
-                options = ConvertOptions(quant=quant, int4_scheme=int4_scheme, overwrite=True)
+            options = ConvertOptions(quant=quant, int4_scheme=int4_scheme, calibrate=calibrate,
+                                     overwrite=True)
+            if not _reusable(out, options):
+                _need_convert_extra()
+                from converters import convert
+
                 convert(smollm2_gguf, out, options)
             built[key] = out
         return built[key]
