@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="round symmetric int4 weights against a calibration text's activations (GPTQ):"
         " closer to fp32 at the same size and speed; on by default for symmetric int4."
-        " --no-calibrate converts faster (about 2 minutes less for a 0.5B model)",
+        " --no-calibrate converts faster (about 2.5 minutes less for a 0.5B model)",
     )
     parser.add_argument(
         "--head-bits",

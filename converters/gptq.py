@@ -8,7 +8,7 @@ block's scale is chosen, when the block is reached, by the activation-weighted s
 ``int4_blocks`` over the weights as the earlier channels' errors left them.
 
 Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
-Transformers" (2022), describe the method; this is a numpy rendering of it for one matrix.
+Transformers" (2022), describe the method; this renders it for one matrix in numpy and scipy.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import numpy as np
 from converters.int4_blocks import Blocks, pack_nibbles, search_scales
 
 DAMPING = 0.01  # of the mean diagonal, added to the Gram matrix
-SHRINK = 0.5  # pull of the Gram matrix toward its diagonal (plain weighted rounding)
+# Pull of the Gram matrix toward its diagonal (at 1: the scale search alone). ~600 calibration
+# tokens leave a wide layer's Gram matrix far from full rank; unshrunk, the compensation
+# overfits them (docs/benchmarks.md, "Quality variants", has the held-out figures).
+SHRINK = 0.5
 
 
 def gram(activations: np.ndarray) -> np.ndarray:
