@@ -154,7 +154,6 @@ class EngineConfig(_Strict):
     require: bool = False
     threads: int = Field(default=0, ge=0, le=256)
     spin: bool = True
-    pin: bool = True
     max_batch: int = Field(default=1, ge=1, le=64)
 
 

@@ -29,12 +29,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="worker threads sleep between kernels (for cores shared with other busy work)",
     )
-    group.add_argument(
-        "--no-pin",
-        dest="pin",
-        action="store_false",
-        help="do not attach worker threads to cores of their own",
-    )
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
@@ -45,7 +39,6 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         device_id=args.device_id,
         optimized_model_dir=args.cache_dir,
         spin=args.spin,
-        pin=args.pin,
     )
 
 

@@ -21,10 +21,6 @@ class EngineOptions:
     ``spin`` lets ONNX Runtime's worker threads busy-wait briefly between kernels (ONNX
     Runtime's own default). On cores the engine has to itself it decodes faster; on cores
     shared with other busy work it can cost most of the speed, so turn it off there.
-    ``pin`` attaches each of ONNX Runtime's worker threads to a core of its own (the last
-    ``threads - 1`` cores this process may use; the calling thread stays free), as ONNX
-    Runtime itself does when it picks the thread count. Turn it off where other busy work is
-    bound to those cores.
     """
 
     provider: str = "auto"
@@ -37,7 +33,6 @@ class EngineOptions:
     optimized_model_dir: Path | None = None
     verify_hashes: bool = True
     spin: bool = True
-    pin: bool = True
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES:

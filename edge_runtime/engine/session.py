@@ -56,34 +56,14 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def worker_affinities(threads: int) -> str | None:
-    """ONNX Runtime's affinity string pinning ``threads - 1`` workers to one core each.
-
-    Workers take the last cores this process may run on (ids 1-based, one ``;``-separated
-    entry per worker); ONNX Runtime never pins the calling thread, which keeps the first.
-    None when there is nothing to pin or too few cores to give each worker its own.
-    """
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return None
-    if threads < 2 or len(allowed) < threads:
-        return None
-    return ";".join(str(cpu + 1) for cpu in allowed[len(allowed) - threads + 1 :])
-
-
 def _session_options(options: EngineOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    threads = options.threads or default_threads()
-    so.intra_op_num_threads = threads
+    so.intra_op_num_threads = options.threads or default_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
     spin = "1" if options.spin else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    affinities = worker_affinities(threads) if options.pin else None
-    if affinities:
-        so.add_session_config_entry("session.intra_op_thread_affinities", affinities)
     return so
 
 

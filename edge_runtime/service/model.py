@@ -56,7 +56,6 @@ def engine_options(config: Config) -> EngineOptions:
         optimized_model_dir=state / "ort-cache",
         trt_cache_dir=state / "trt-cache",
         spin=config.engine.spin,
-        pin=config.engine.pin,
     )
 
 
