@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from converters.int4_blocks import Blocks, pack_nibbles, search_scales
+from converters.int4_blocks import Blocks, by_blocks, pack_nibbles, search_scales
 
 DAMPING = 0.01  # of the mean diagonal, added to the Gram matrix
 # Pull of the Gram matrix toward its diagonal (at 1: the scale search alone). ~600 calibration
@@ -53,9 +53,8 @@ def _inverse_factor(h: np.ndarray) -> np.ndarray:
 def gptq_blocks(weight: np.ndarray, h: np.ndarray, block_size: int) -> Blocks:
     """Quantize a [K, N] weight along K with error compensation under Gram matrix ``h``."""
     k, n = weight.shape
-    padded = -(-k // block_size) * block_size
-    rows = np.zeros((n, padded), np.float32)  # one row per output, channels along it
-    rows[:, :k] = weight.T
+    rows = np.ascontiguousarray(by_blocks(weight, block_size).reshape(n, -1))  # zero-padded
+    padded = rows.shape[1]
     gram_padded = np.zeros((padded, padded))
     gram_padded[:k, :k] = h
     factor = _inverse_factor(gram_padded)
@@ -69,6 +68,7 @@ def gptq_blocks(weight: np.ndarray, h: np.ndarray, block_size: int) -> Blocks:
         block = rows[:, start:end]
         scale = search_scales(block, np.broadcast_to(importance[start:end], block.shape))
         scales[:, start // block_size] = scale
+        # int4_blocks.levels, but a product instead of a quotient: this loop is the hot path.
         inverse_scale = 1.0 / np.where(scale == 0, 1.0, scale)
         channels = np.ascontiguousarray(block.T)  # [block_size, n]: each channel contiguous
         errors = np.empty_like(channels)

@@ -30,7 +30,7 @@ _CHUNK = 4096  # output columns quantized at once (bounds the search's scratch m
 Blocks = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # packed, scales, float zero points
 
 
-def _grouped(weight: np.ndarray, block_size: int) -> np.ndarray:
+def by_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
     """Return a [K, N] weight as [N, blocks, block_size], zero-padded along K."""
     k, n = weight.shape
     blocks = -(-k // block_size)
@@ -45,7 +45,7 @@ def pack_nibbles(q: np.ndarray) -> np.ndarray:
 
 def affine_blocks(weight: np.ndarray, block_size: int) -> Blocks:
     """Quantize a [K, N] weight along K to affine blocks (min/max scaling)."""
-    grouped = _grouped(weight, block_size)
+    grouped = by_blocks(weight, block_size)
     low, high = grouped.min(axis=-1), grouped.max(axis=-1)
     scale = ((high - low) / LEVELS).astype(np.float32)
     scale[scale == 0] = 1.0
@@ -88,7 +88,7 @@ def searched_blocks(weight: np.ndarray, block_size: int, importance: np.ndarray)
 
     ``importance`` [K] weights each input channel's squared rounding error.
     """
-    grouped = _grouped(weight, block_size)
+    grouped = by_blocks(weight, block_size)
     n, count, size = grouped.shape
     channel = np.pad(importance.astype(np.float32), (0, count * size - len(importance)))
     per_block = np.broadcast_to(channel.reshape(count, size) + 1e-12, (min(n, _CHUNK), count, size))

@@ -58,7 +58,7 @@ class Quantization:
     symmetric: bool | None = None
     unquantized: list[str] = field(default_factory=list)
     head_bits: int | None = None  # the lm_head's bits when they differ from ``bits``' default
-    calibrated: bool = False  # int4 scales chosen on a calibration text
+    calibrated: bool = False  # int4 weights rounded against a calibration text's activations
 
 
 @dataclass(frozen=True)
