@@ -100,7 +100,6 @@ class Daemon:
                              self.counters, self._send_final, s.outbox_limit)
         self._inflight: dict[int, int] = {}  # publish mid -> outbox seq
         self._subscribe_mid: int | None = None
-        self._connected_once = False
         self.ready = False
         self._stop_at: float | None = None
         self._stopped_mid: int | None = None
@@ -135,6 +134,20 @@ class Daemon:
         self.events.put(StopRequested())
 
     def _recover(self) -> None:
+        """Pick up what the previous run left: unacknowledged replies, unanswered requests.
+
+        The replies are handed to the transport here, once, before any new reply can reach
+        the outbox: it sends them when it connects and resends them itself after a reconnect.
+        Publishing the whole outbox again on the first connect would send twice every reply
+        this run had already handed over (a resumed request that finished before the broker
+        took the connection), so nothing is republished later.
+        """
+        leftover = self.store.outbox()
+        for item in leftover:
+            self._publish_item(item)
+        if leftover:
+            log.warning("publishing %d reply(ies) left in the outbox by the previous run",
+                        len(leftover))
         pending = self.store.pending()
         for record in pending:
             self.jobs.put(Job(Request.from_record(record)), force=True)
@@ -172,10 +185,6 @@ class Daemon:
         if self.topics.pool_request:
             filters.append(self.topics.pool_request)
         self._subscribe_mid = self.transport.subscribe(filters)
-        if not self._connected_once:
-            self._connected_once = True
-            for item in self.store.outbox():
-                self._publish_item(item)
 
     def _on_subscribed(self, event: Subscribed) -> None:
         if event.mid != self._subscribe_mid:

@@ -73,7 +73,11 @@ class Transport(Protocol):
         retain: bool = False,
         correlation_data: bytes | None = None,
     ) -> int:
-        """Queue a message (sent once connected); return its id for ``Published``. Thread-safe."""
+        """Queue a message; return its id for ``Published``. Thread-safe.
+
+        A QoS 1 message given before the connection is up is sent once it is, and one not
+        yet acknowledged is sent again after a reconnect: the caller hands it over once.
+        """
         ...
 
     def ack(self, mid: int, qos: int) -> None:

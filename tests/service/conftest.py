@@ -13,6 +13,25 @@ from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
 
 DEVICE = "dev1"
+LOG_TAIL_LINES = 150
+_LOGS = pytest.StashKey[list[tuple[str, Path]]]()
+
+
+def _keep_log(request: pytest.FixtureRequest, label: str, path: Path) -> None:
+    """Show the tail of ``path`` in the report if the test fails (see the hook below)."""
+    request.node.stash.setdefault(_LOGS, []).append((label, path))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Attach the daemon and broker logs of a failed test to its report."""
+    report = yield
+    if report.when == "call" and report.failed:
+        for label, path in item.stash.get(_LOGS, []):
+            text = path.read_text(errors="replace") if path.exists() else "(no log)"
+            tail = "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+            report.sections.append((f"{label} ({path}, last {LOG_TAIL_LINES} lines)", tail))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -22,11 +41,14 @@ def service_bundle(tiny_bundle: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture
-def broker_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
+def broker_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., MosquittoBroker]]:
     started: list[MosquittoBroker] = []
 
     def make(auth: BrokerAuth | None = None, pki: Pki | None = None) -> MosquittoBroker:
         broker = MosquittoBroker(tmp_path / f"broker{len(started)}", auth, pki)
+        _keep_log(request, f"broker{len(started)} log", broker.log_path)
         broker.start()
         started.append(broker)
         return broker
@@ -55,7 +77,7 @@ def base_config(broker: MosquittoBroker, bundle: Path, state: Path) -> dict[str,
 
 @pytest.fixture
 def daemon_factory(
-    tmp_path: Path, service_bundle: Path
+    tmp_path: Path, service_bundle: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., DaemonProcess]]:
     """Return ``make(broker, **sections)`` -> a started daemon; all are killed at the end."""
     made: list[DaemonProcess] = []
@@ -66,6 +88,7 @@ def daemon_factory(
         for section, values in sections.items():
             config.setdefault(section, {}).update(values)
         proc = DaemonProcess(folder, config)
+        _keep_log(request, f"daemon{len(made)} log", proc.log_path)
         made.append(proc)
         return proc.start() if start else proc
 

@@ -53,7 +53,8 @@ class DaemonProcess:
         self._sock: socket.socket | None = None
         self.env_extra: dict[str, str] = {}
 
-    def start(self, timeout: float = 60.0) -> DaemonProcess:
+    def start(self, timeout: float = 60.0, wait_ready: bool = True) -> DaemonProcess:
+        """Start the process; unless ``wait_ready`` is False, wait for READY=1."""
         self.notify_path.unlink(missing_ok=True)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(self.notify_path))
@@ -65,10 +66,15 @@ class DaemonProcess:
                  "--config", str(self.config_path)],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait for READY=1; kill the daemon and raise if it does not come."""
         if not self.wait_notification("READY=1", timeout):
             self.kill()
             raise RuntimeError(f"daemon never became ready:\n{self.log()[-3000:]}")
-        return self
 
     def wait_notification(self, text: str, timeout: float) -> bool:
         """Read notify messages until one contains ``text``."""

@@ -43,11 +43,21 @@ class Sent:
 
 
 class FakeTransport:
-    """Records what the daemon sends; the test drives connects, messages and PUBACKs."""
+    """Records what the daemon sends; the test drives connects, messages and PUBACKs.
 
-    def __init__(self, events: EventQueue, *, auto_puback: bool = True) -> None:
+    Like paho, it takes publishes before the connection is up and sends them once it is:
+    each ``publish`` call is one message the broker gets, and a PUBACK only comes while
+    connected. With ``autoconnect=False`` the connection is up only after ``come_online``.
+    """
+
+    def __init__(
+        self, events: EventQueue, *, auto_puback: bool = True, autoconnect: bool = True
+    ) -> None:
         self.events = events
         self.auto_puback = auto_puback
+        self.autoconnect = autoconnect
+        self.connected = False
+        self._unacked: list[int] = []
         self.sent: list[Sent] = []
         self.acks: list[int] = []
         self.on_ack: Callable[[int], None] | None = None
@@ -64,7 +74,17 @@ class FakeTransport:
 
     def connect(self, will: Will | None) -> None:
         self.will = will
+        if self.autoconnect:
+            self.come_online()
+
+    def come_online(self) -> None:
+        """The broker accepts the connection: report it, then PUBACK what waited for it."""
+        with self._lock:
+            self.connected = True
+            waiting, self._unacked = self._unacked, []
         self.events.put(Connected(True))
+        for mid in waiting:
+            self.events.put(Published(mid))
 
     def subscribe(self, topics: list[str]) -> int:
         self.subscriptions = list(topics)
@@ -77,6 +97,9 @@ class FakeTransport:
         mid = self._next()
         with self._lock:
             self.sent.append(Sent(topic, payload, qos, retain, correlation_data, mid))
+            if self.auto_puback and qos and not self.connected:
+                self._unacked.append(mid)
+                return mid
         if self.auto_puback and qos:
             self.events.put(Published(mid))
         return mid

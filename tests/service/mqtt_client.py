@@ -39,6 +39,8 @@ class Probe:
         self.v5 = v5
         self.port = port
         self.received: list[Received] = []
+        self.redeliveries = 0
+        """Broker retransmissions (DUP set) of a message already received, not recorded."""
         self.denied_subscriptions = 0
         self._cond = threading.Condition()
         self._connected = threading.Event()
@@ -73,8 +75,17 @@ class Probe:
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         corr = getattr(props, "CorrelationData", None) if props else None
+        got = Received(msg.topic, bytes(msg.payload), bool(msg.retain), corr)
         with self._cond:
-            self.received.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), corr))
+            # QoS 1 between the broker and this client: if our PUBACK was lost (the broker
+            # stopped right after sending), a persistent session gets the message again with
+            # DUP set. That copy is the broker's, not the daemon's, so it is dropped, as a
+            # client that handles each message once would. A duplicate the daemon publishes
+            # arrives without DUP and is recorded.
+            if msg.dup and got in self.received:
+                self.redeliveries += 1
+                return
+            self.received.append(got)
             self._cond.notify_all()
 
     def connect(self, timeout: float = 10.0) -> Probe:

@@ -35,9 +35,11 @@ class Harness:
     """Run a Daemon in a thread over a FakeTransport."""
 
     def __init__(self, state: Path, engine: Any = None, notifier: Notifier | None = None,
-                 store: Store | None = None, auto_puback: bool = True, **service: Any):
+                 store: Store | None = None, auto_puback: bool = True, autoconnect: bool = True,
+                 **service: Any):
         self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self.transport = FakeTransport(self.events, auto_puback=auto_puback)
+        self.transport = FakeTransport(self.events, auto_puback=auto_puback,
+                                       autoconnect=autoconnect)
         self.engine = engine or FakeEngine()
         self.store = store or Store(state)
         config = build_config({"service": {"device_id": "unit", "state_dir": str(state),
@@ -106,6 +108,48 @@ def test_accepted_but_unanswered_requests_run_after_a_restart(state: Path) -> No
         assert _wait(lambda: all(second.transport.finals(t) for t in topics))
     stuck.set()
     first.__exit__()
+
+
+def test_a_restart_before_the_broker_answers_sends_each_reply_once(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies handed to the transport before its first connect are not published again.
+
+    The previous run left one reply without a PUBACK and three requests unanswered. The
+    next run finishes those while the broker does not answer yet (the transport queues the
+    replies, as paho does); when the connection comes, no reply may go out twice.
+    """
+    monkeypatch.setattr("edge_runtime.service.daemon.FLUSH_TIMEOUT_S", 0.3)
+    with Harness(state, auto_puback=False) as h:
+        h.transport.deliver(REQ, {"id": "b", "prompt": "hi", "max_tokens": 3},
+                            response_topic="r/b")
+        assert _wait(lambda: bool(h.transport.finals("r/b")))
+    stuck = threading.Event()
+    first = Harness(state, engine=FakeEngine(stuck=stuck), auto_puback=False)
+    first.thread.start()
+    assert _wait(lambda: first.daemon.ready)
+    for i in range(3):
+        first.transport.deliver(REQ, {"id": f"p{i}", "prompt": "hi"}, response_topic=f"r/p{i}")
+    assert _wait(lambda: len(first.transport.acks) == 3)
+    assert first.store.outbox_size() == 1, "the reply to b is still not acknowledged"
+    # Crash: the next run starts, and finishes the resumed requests, before it is connected.
+    second = Harness(state, autoconnect=False)
+    resumed = [f"r/p{i}" for i in range(3)]
+    second.thread.start()
+    try:
+        assert _wait(lambda: all(second.transport.finals(t) for t in resumed))
+        second.transport.come_online()
+        assert _wait(lambda: second.daemon.ready)
+        assert _wait(lambda: second.store.outbox_size() == 0)
+        time.sleep(0.3)  # a second copy would be published within this
+        topics = ["r/b", *resumed]
+        counts = {t: len(second.transport.finals(t)) for t in topics}
+        assert counts == dict.fromkeys(topics, 1), counts
+        assert second.engine.calls == 3
+    finally:
+        second.__exit__()
+        stuck.set()
+        first.__exit__()
 
 
 def test_queue_full_is_answered_busy_at_once(state: Path) -> None:
