@@ -241,7 +241,12 @@ class BatchingEngine(PromptEngine):
             return
         slot = len(self._active)
         ids = np.asarray(request.prompt_ids, dtype=np.int64)[None, :]
+        expected = ids.shape[1] + request.decoding.max_new_tokens
         try:
+            if slot == 0:
+                self.slots.fit(expected)
+            else:
+                self.slots.reserve(expected)
             logits = self.slots.run(slot, ids, np.zeros(1, dtype=np.int64))
         except Exception as exc:
             _send_error(request, exc)

@@ -195,7 +195,7 @@ class OnnxEngine(PromptEngine):
         if cancelled():
             decoding.stop(FinishReason.CANCELLED)
             return
-        self.runner.reset()
+        self.runner.reset(len(prompt_ids) + decoding.max_new_tokens)
         start = time.perf_counter()
         logits = self._forward(np.asarray(prompt_ids, dtype=np.int64))
         clock.prefill_s = time.perf_counter() - start

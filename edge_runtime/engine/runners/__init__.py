@@ -29,8 +29,12 @@ class DecoderRunner(Protocol):
         """How many tokens are in the cache now."""
         ...
 
-    def reset(self) -> None:
-        """Forget the sequence; the next ``forward`` starts a new one."""
+    def reset(self, expected: int = 0) -> None:
+        """Forget the sequence; the next ``forward`` starts a new one.
+
+        ``expected`` is how many tokens the new sequence may reach (0: unknown), so that a
+        runner can size its cache for it.
+        """
         ...
 
     def forward(self, token_ids: np.ndarray) -> np.ndarray:

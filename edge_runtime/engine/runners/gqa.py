@@ -1,10 +1,16 @@
 """Run a ``gqa`` graph: GroupQueryAttention over preallocated KV buffers, no per-token copies.
 
-Every layer's keys and values live in one numpy array per layer, ``[slots, kv_heads,
-max_length, head_dim]``, allocated once (pages are only touched as tokens arrive). The
-graph's ``past_key_values.N.*`` input and ``present.N.*`` output are bound to the same
-slice of that array, so GroupQueryAttention writes each new token's keys in place. The
-tokens, the attention mask and the logits go through small reused buffers.
+The keys and values of every layer live in one numpy array, ``[layers, 2, slots, kv_heads,
+capacity, head_dim]`` (pages are only touched as tokens arrive). The graph's
+``past_key_values.N.*`` input and ``present.N.*`` output are bound to the same slice of it,
+so GroupQueryAttention writes each new token's keys in place. The tokens, the attention
+mask and the logits go through small reused buffers.
+
+Memory follows the requests, so that one long prompt does not leave a field device short
+for the rest of its uptime: the cache is sized for the request at hand (:meth:`GqaSlots.fit`,
+in steps of 256 tokens), grows when a sequence outruns it, and is replaced by a small one
+when a much shorter request follows; and after a forward over many tokens, ONNX Runtime's
+arena gives back the scratch memory that forward grew it by.
 
 :class:`GqaSlots` runs several sequences (one per slot) in one forward; :class:`GqaRunner`
 is the single-sequence :class:`DecoderRunner` built on it.
@@ -22,6 +28,13 @@ from edge_runtime.errors import ContextLengthExceeded
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+CAPACITY_STEP = 256
+"""The cache grows in whole multiples of this many tokens."""
+SHRINK_FACTOR = 4
+"""``fit`` gives memory back when the cache is at least this many times what is needed."""
+LONG_FORWARD = 256
+"""After a forward over more tokens than this, ONNX Runtime's arena returns what it grew by."""
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -54,23 +67,56 @@ class GqaSlots:
         *,
         slots: int,
         max_length: int,
+        initial: int = CAPACITY_STEP,
     ) -> None:
         import onnxruntime as ort
 
         self._ort = ort
         self.session = session
         self.spec = spec
+        self.arch = arch
         self.slots = slots
         self.max_length = max_length
         self.vocab_size = arch.vocab_size
-        shape = (arch.num_layers, 2, slots, arch.num_kv_heads, max_length, arch.head_dim)
-        self._kv = lazy_zeros(shape, np.dtype(spec.kv_dtype))
-        self.keys = [self._kv[layer, 0] for layer in range(arch.num_layers)]
-        self.values = [self._kv[layer, 1] for layer in range(arch.num_layers)]
         self._logits = np.zeros((slots, 1, arch.vocab_size), np.float32)
         self._ones = np.ones((1, max_length), np.int64)
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, ort.OrtValue]] = {}
         self._feeds: list[object] = []
+        self._release = ort.RunOptions()
+        self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.capacity = 0
+        self._allocate(self._rounded(min(initial, max_length)), keep=0)
+
+    def fit(self, length: int) -> None:
+        """Size the cache for sequences of up to ``length`` tokens; call with every slot idle.
+
+        A cache much larger than needed (after one long request) is given back to the
+        system; one too small is replaced. Slot contents are not kept.
+        """
+        wanted = self._rounded(max(length, 1))
+        if wanted > self.capacity or wanted * SHRINK_FACTOR <= self.capacity:
+            self._allocate(wanted, keep=0)
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` tokens in every slot, keeping what the slots hold."""
+        if length > self.max_length:
+            raise ContextLengthExceeded(length, self.max_length)
+        if length > self.capacity:
+            grown = max(self._rounded(length), min(2 * self.capacity, self.max_length))
+            self._allocate(grown, keep=self.capacity)
+
+    def _rounded(self, length: int) -> int:
+        return min(-(-length // CAPACITY_STEP) * CAPACITY_STEP, self.max_length)
+
+    def _allocate(self, capacity: int, *, keep: int) -> None:
+        a = self.arch
+        shape = (a.num_layers, 2, self.slots, a.num_kv_heads, capacity, a.head_dim)
+        kv = lazy_zeros(shape, np.dtype(self.spec.kv_dtype))
+        if keep:
+            kv[..., :keep, :] = self._kv[..., :keep, :]
+        self._kv = kv
+        self.capacity = capacity
+        self._bindings.clear()  # they point into the old buffer
 
     def _binding(self, start: int, stop: int) -> tuple[ort.IOBinding, ort.OrtValue]:
         """Return the IOBinding with the KV of slots ``start:stop`` bound (built once)."""
@@ -78,7 +124,8 @@ class GqaSlots:
         if key not in self._bindings:
             from_numpy = self._ort.OrtValue.ortvalue_from_numpy
             io = self.session.io_binding()
-            for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            for layer in range(self.arch.num_layers):
+                k, v = self._kv[layer, 0], self._kv[layer, 1]
                 for past, present, buf in (
                     (self.spec.past_key, self.spec.present_key, k),
                     (self.spec.past_value, self.spec.present_value, v),
@@ -103,9 +150,7 @@ class GqaSlots:
         n, new = tokens.shape
         if start < 0 or start + n > self.slots:
             raise IndexError(f"slots {start}..{start + n} out of 0..{self.slots}")
-        longest = int(lengths.max()) + new
-        if longest > self.max_length:
-            raise ContextLengthExceeded(longest, self.max_length)
+        self.reserve(int(lengths.max()) + new)
         io, _ = self._binding(start, start + n)
         from_numpy = self._ort.OrtValue.ortvalue_from_numpy
         # The OrtValues borrow the arrays' memory: keep both alive until the next run.
@@ -114,13 +159,13 @@ class GqaSlots:
         self._feeds = [from_numpy(ids), from_numpy(mask), ids, mask]
         io.bind_ortvalue_input(self.spec.input_ids, self._feeds[0])
         io.bind_ortvalue_input(self.spec.attention_mask or "attention_mask", self._feeds[1])
-        self.session.run_with_iobinding(io)
+        # A long prompt's activations would otherwise stay in the arena for good.
+        self.session.run_with_iobinding(io, self._release if n * new > LONG_FORWARD else None)
         return self._logits[:n, 0]
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` cached tokens of slot ``src`` into slot ``dst``."""
-        for buf in (*self.keys, *self.values):
-            buf[dst, :, :length] = buf[src, :, :length]
+        self._kv[:, :, dst, :, :length] = self._kv[:, :, src, :, :length]
 
 
 class GqaRunner:
@@ -144,9 +189,11 @@ class GqaRunner:
     def length(self) -> int:
         return self._length
 
-    def reset(self) -> None:
+    def reset(self, expected: int = 0) -> None:
         # Stale keys past the new length are never read: the mask bounds attention.
         self._length = 0
+        if expected:
+            self.slots.fit(expected)
 
     def forward(self, token_ids: np.ndarray) -> np.ndarray:
         """Append ``token_ids`` [n] and return a copy of the last token's logits [vocab]."""

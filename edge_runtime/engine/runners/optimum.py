@@ -87,7 +87,8 @@ class OptimumRunner:
     def length(self) -> int:
         return self._length
 
-    def reset(self) -> None:
+    def reset(self, expected: int = 0) -> None:
+        # The cache is concatenated step by step, so there is nothing to size in advance.
         empty = np.zeros(self._kv_shape, dtype=self._kv_dtype)
         self._past = [
             ort.OrtValue.ortvalue_from_numpy(empty, self._device, self._device_id)
