@@ -7,7 +7,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,9 @@ from edge_runtime.service.daemon import Daemon
 from edge_runtime.service.notify import Notifier
 from edge_runtime.service.store import Store, StoreError
 from tests.service.fakes import FakeEngine, FakeTransport
+from tests.service.polling import wait_until
 
 REQ = "edge/unit/request"
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class Harness:
@@ -51,7 +43,7 @@ class Harness:
 
     def __enter__(self) -> Harness:
         self.thread.start()
-        assert _wait(lambda: self.daemon.ready)
+        assert wait_until(lambda: self.daemon.ready)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -71,9 +63,9 @@ def test_request_is_recorded_before_it_is_acknowledged(state: Path) -> None:
         h.transport.on_ack = lambda _mid: recorded_at_ack.append(
             h.store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
         mid = h.transport.deliver(REQ, {"id": "a", "prompt": "hi"}, response_topic="r/a")
-        assert _wait(lambda: mid in h.transport.acks)
+        assert wait_until(lambda: mid in h.transport.acks)
         assert recorded_at_ack == [1]
-        assert _wait(lambda: bool(h.transport.finals("r/a")))
+        assert wait_until(lambda: bool(h.transport.finals("r/a")))
 
 
 def test_final_waits_in_the_outbox_until_puback_and_survives_restart(
@@ -83,14 +75,14 @@ def test_final_waits_in_the_outbox_until_puback_and_survives_restart(
     with Harness(state, auto_puback=False) as h:
         h.transport.deliver(REQ, {"id": "b", "prompt": "hi", "max_tokens": 3},
                             response_topic="r/b", correlation_data=b"c1")
-        assert _wait(lambda: bool(h.transport.finals("r/b")))
+        assert wait_until(lambda: bool(h.transport.finals("r/b")))
         assert h.store.outbox_size() == 1, "no PUBACK yet: the reply stays on disk"
     # A new daemon on the same state publishes the reply again, then forgets it on PUBACK.
     with Harness(state) as h2:
-        assert _wait(lambda: bool(h2.transport.finals("r/b")))
+        assert wait_until(lambda: bool(h2.transport.finals("r/b")))
         resent = h2.transport.on("r/b")[-1]
         assert resent.correlation == b"c1" and resent.json()["text"] == "w0 w1 w2 "
-        assert _wait(lambda: h2.store.outbox_size() == 0)
+        assert wait_until(lambda: h2.store.outbox_size() == 0)
         assert h2.engine.calls == 0, "answered from the outbox, not generated again"
 
 
@@ -98,14 +90,14 @@ def test_accepted_but_unanswered_requests_run_after_a_restart(state: Path) -> No
     stuck = threading.Event()
     first = Harness(state, engine=FakeEngine(stuck=stuck))
     first.thread.start()
-    assert _wait(lambda: first.daemon.ready)
+    assert wait_until(lambda: first.daemon.ready)
     for i in range(3):
         first.transport.deliver(REQ, {"id": f"p{i}", "prompt": "hi"}, response_topic=f"r/p{i}")
-    assert _wait(lambda: len(first.transport.acks) == 3)
+    assert wait_until(lambda: len(first.transport.acks) == 3)
     # Crash: the first daemon never answers (its thread is abandoned, the store reopened).
     with Harness(state) as second:
         topics = [f"r/p{i}" for i in range(3)]
-        assert _wait(lambda: all(second.transport.finals(t) for t in topics))
+        assert wait_until(lambda: all(second.transport.finals(t) for t in topics))
     stuck.set()
     first.__exit__()
 
@@ -123,24 +115,24 @@ def test_a_restart_before_the_broker_answers_sends_each_reply_once(
     with Harness(state, auto_puback=False) as h:
         h.transport.deliver(REQ, {"id": "b", "prompt": "hi", "max_tokens": 3},
                             response_topic="r/b")
-        assert _wait(lambda: bool(h.transport.finals("r/b")))
+        assert wait_until(lambda: bool(h.transport.finals("r/b")))
     stuck = threading.Event()
     first = Harness(state, engine=FakeEngine(stuck=stuck), auto_puback=False)
     first.thread.start()
-    assert _wait(lambda: first.daemon.ready)
+    assert wait_until(lambda: first.daemon.ready)
     for i in range(3):
         first.transport.deliver(REQ, {"id": f"p{i}", "prompt": "hi"}, response_topic=f"r/p{i}")
-    assert _wait(lambda: len(first.transport.acks) == 3)
+    assert wait_until(lambda: len(first.transport.acks) == 3)
     assert first.store.outbox_size() == 1, "the reply to b is still not acknowledged"
     # Crash: the next run starts, and finishes the resumed requests, before it is connected.
     second = Harness(state, autoconnect=False)
     resumed = [f"r/p{i}" for i in range(3)]
     second.thread.start()
     try:
-        assert _wait(lambda: all(second.transport.finals(t) for t in resumed))
+        assert wait_until(lambda: all(second.transport.finals(t) for t in resumed))
         second.transport.come_online()
-        assert _wait(lambda: second.daemon.ready)
-        assert _wait(lambda: second.store.outbox_size() == 0)
+        assert wait_until(lambda: second.daemon.ready)
+        assert wait_until(lambda: second.store.outbox_size() == 0)
         time.sleep(0.3)  # a second copy would be published within this
         topics = ["r/b", *resumed]
         counts = {t: len(second.transport.finals(t)) for t in topics}
@@ -157,7 +149,7 @@ def test_queue_full_is_answered_busy_at_once(state: Path) -> None:
         for i in range(4):
             h.transport.deliver(REQ, {"id": f"q{i}", "prompt": "hi", "max_tokens": 5},
                                 response_topic=f"r/q{i}")
-        assert _wait(lambda: all(h.transport.finals(f"r/q{i}") for i in range(4)))
+        assert wait_until(lambda: all(h.transport.finals(f"r/q{i}") for i in range(4)))
         codes = [h.transport.finals(f"r/q{i}")[0].get("error", {}).get("code")
                  for i in range(4)]
         assert codes.count("busy") >= 2 and codes[0] is None
@@ -167,7 +159,7 @@ def test_generation_past_its_deadline_is_stopped_with_expired(state: Path) -> No
     with Harness(state, engine=FakeEngine(token_s=0.05), generation_deadline_s=0.3) as h:
         h.transport.deliver(REQ, {"id": "slow", "prompt": "hi", "max_tokens": 1000},
                             response_topic="r/slow")
-        assert _wait(lambda: bool(h.transport.finals("r/slow")))
+        assert wait_until(lambda: bool(h.transport.finals("r/slow")))
         final = h.transport.finals("r/slow")[0]
         assert final["error"]["code"] == "expired" and final["text"].startswith("w0 ")
 
@@ -179,7 +171,7 @@ def test_store_failure_is_an_internal_error_reply_not_silence(state: Path) -> No
 
     with Harness(state, store=FullStore(state)) as h:
         mid = h.transport.deliver(REQ, {"id": "f", "prompt": "hi"}, response_topic="r/f")
-        assert _wait(lambda: bool(h.transport.finals("r/f")))
+        assert wait_until(lambda: bool(h.transport.finals("r/f")))
         assert h.transport.finals("r/f")[0]["error"]["code"] == "internal"
         assert mid in h.transport.acks
         assert h.daemon.counters.store_errors == 1
@@ -229,7 +221,7 @@ def test_watchdog_is_fed_only_while_the_worker_makes_progress(
         pings(0.2)  # drop the pings sent before the worker counted as stuck
         assert pings(1.0) == 0, "a stuck generation starves the watchdog"
         stuck.set()
-        assert _wait(lambda: bool(h.transport.finals("r/hang")))
+        assert wait_until(lambda: bool(h.transport.finals("r/hang")))
         assert pings(1.0) >= 3
     sock.close()
 
@@ -243,7 +235,7 @@ def test_message_expiry_is_honoured_at_intake_and_in_the_queue(state: Path) -> N
                             response_topic="r/long")
         h.transport.deliver(REQ, {"id": "waits", "prompt": "hi"}, response_topic="r/waits",
                             expiry_s=1)
-        assert _wait(lambda: all(h.transport.finals(t) for t in ("r/stale", "r/waits")))
+        assert wait_until(lambda: all(h.transport.finals(t) for t in ("r/stale", "r/waits")))
         for topic in ("r/stale", "r/waits"):
             final = h.transport.finals(topic)[0]
             assert final["error"]["code"] == "expired"
@@ -255,9 +247,9 @@ def test_cancel_a_running_generation_keeps_the_partial_text(state: Path) -> None
     with Harness(state, engine=FakeEngine(token_s=0.02)) as h:
         h.transport.deliver(REQ, {"id": "c", "prompt": "hi", "max_tokens": 500},
                             response_topic="r/c")
-        assert _wait(lambda: len(h.transport.on("r/c")) >= 3)  # streaming has begun
+        assert wait_until(lambda: len(h.transport.on("r/c")) >= 3)  # streaming has begun
         h.transport.deliver("edge/unit/cancel", {"id": "c"})
-        assert _wait(lambda: bool(h.transport.finals("r/c")))
+        assert wait_until(lambda: bool(h.transport.finals("r/c")))
         final = h.transport.finals("r/c")[0]
         assert final["finish_reason"] == "cancelled"
         assert final["text"].startswith("w0 w1 ") and 2 <= final["usage"]["completion_tokens"] < 500

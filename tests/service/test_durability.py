@@ -13,6 +13,7 @@ from tests.fixtures.broker import MosquittoBroker
 from tests.service.conftest import DEVICE
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
+from tests.service.polling import wait_until
 from tests.service.schemas import assert_final
 
 REQUEST = f"edge/{DEVICE}/request"
@@ -116,7 +117,8 @@ def test_restart_while_the_broker_is_down_answers_each_resumed_request_once(
     second = daemon_factory(broker, start=False)
     second.config_path.write_text(first.config_path.read_text())
     second.start(wait_ready=False)
-    assert _wait_until(lambda: _pending(tmp_path / "state") == 0, 30), "resumed work finished"
+    resumed_done = wait_until(lambda: _pending(tmp_path / "state") == 0, 30, interval=0.1)
+    assert resumed_done, "the resumed requests were answered while the broker was down"
     assert "resuming" in second.log()
     broker.start()
     second.wait_ready()
@@ -128,15 +130,6 @@ def _pending(state: Path) -> int:
     with contextlib.closing(sqlite3.connect(state / "state.sqlite3", timeout=5)) as db:
         return int(db.execute("SELECT COUNT(*) FROM requests WHERE state = 'pending'")
                    .fetchone()[0])
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_repeated_id_is_answered_from_the_record(
