@@ -37,6 +37,15 @@ def _exactly_one_final_each(probe: Probe, topics: list[str], timeout: float = 40
     )
 
 
+def _send_long(probe: Probe, prefix: str, id_prefix: str, count: int) -> list[str]:
+    """Subscribe to ``prefix/#`` and send ``count`` LONG requests, one per reply topic."""
+    probe.subscribe(f"{prefix}/#")
+    topics = [f"{prefix}/{i}" for i in range(count)]
+    for i, topic in enumerate(topics):
+        probe.publish(REQUEST, {"id": f"{id_prefix}{i}", **LONG}, response_topic=topic)
+    return topics
+
+
 def test_broker_restart_mid_generation_delivers_each_answer_once_and_whole(
     broker: MosquittoBroker,
     daemon_factory: Callable[..., DaemonProcess],
@@ -44,11 +53,8 @@ def test_broker_restart_mid_generation_delivers_each_answer_once_and_whole(
 ) -> None:
     daemon_factory(broker, service={"stats_interval_s": 60.0})
     probe = client_factory(broker.port, client_id="outage-probe", persistent=True)
-    probe.subscribe("outage/#")
     probe.subscribe(f"edge/{DEVICE}/status")
-    topics = [f"outage/{i}" for i in range(16)]
-    for i, topic in enumerate(topics):
-        probe.publish(REQUEST, {"id": f"o{i}", **LONG}, response_topic=topic)
+    topics = _send_long(probe, "outage", "o", 16)
     assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
     broker.stop()
     before_outage = sum(1 for t in topics if probe.finals(t))
@@ -73,11 +79,8 @@ def test_sigkill_mid_generation_answers_every_accepted_request_once(
 ) -> None:
     first = daemon_factory(broker)
     probe = client_factory(broker.port)
-    probe.subscribe("crash/#")
     probe.subscribe(f"edge/{DEVICE}/status")
-    topics = [f"crash/{i}" for i in range(7)]
-    for i, topic in enumerate(topics[:6]):
-        probe.publish(REQUEST, {"id": f"c{i}", **LONG}, response_topic=topic)
+    topics = [*_send_long(probe, "crash", "c", 6), "crash/6"]
     assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
     first.kill()
     status = f"edge/{DEVICE}/status"
@@ -104,11 +107,8 @@ def test_restart_while_the_broker_is_down_answers_each_resumed_request_once(
     offline; when the broker is back, each answer goes out once (not also from the outbox)."""
     first = daemon_factory(broker)
     probe = client_factory(broker.port, client_id="reboot-probe", persistent=True)
-    probe.subscribe("reboot/#")
     probe.subscribe(f"edge/{DEVICE}/status")
-    topics = [f"reboot/{i}" for i in range(4)]
-    for i, topic in enumerate(topics):
-        probe.publish(REQUEST, {"id": f"r{i}", **LONG}, response_topic=topic)
+    topics = _send_long(probe, "reboot", "r", 4)
     assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
     first.kill()
     status = f"edge/{DEVICE}/status"
@@ -196,10 +196,7 @@ def test_cancel_stops_requests_before_they_complete(
 ) -> None:
     daemon_factory(broker)
     probe = client_factory(broker.port)
-    probe.subscribe("cancel/#")
-    topics = [f"cancel/{i}" for i in range(4)]
-    for i, topic in enumerate(topics):
-        probe.publish(REQUEST, {"id": f"k{i}", **LONG}, response_topic=topic)
+    topics = _send_long(probe, "cancel", "k", 4)
     # Cancel the first (running by now, or about to run) and the last (still queued).
     probe.publish(CANCEL, {"id": "k0"})
     probe.publish(CANCEL, {"id": "k3"})
@@ -221,11 +218,8 @@ def test_sigterm_finishes_in_flight_refuses_queue_and_says_stopped(
     daemon.env_extra["WATCHDOG_USEC"] = "500000"
     daemon.start()
     probe = client_factory(broker.port)
-    probe.subscribe("term/#")
     probe.subscribe(f"edge/{DEVICE}/status")
-    topics = [f"term/{i}" for i in range(6)]
-    for i, topic in enumerate(topics):
-        probe.publish(REQUEST, {"id": f"t{i}", **LONG}, response_topic=topic)
+    topics = _send_long(probe, "term", "t", 6)
     assert probe.wait_for(lambda _r: bool(probe.chunks("term/0")), 20)
     assert daemon.terminate() == 0
     assert any("STOPPING=1" in n for n in daemon.notifications)

@@ -67,7 +67,6 @@ class GqaSlots:
         *,
         slots: int,
         max_length: int,
-        initial: int = CAPACITY_STEP,
     ) -> None:
         import onnxruntime as ort
 
@@ -85,7 +84,7 @@ class GqaSlots:
         self._release = ort.RunOptions()
         self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.capacity = 0
-        self._allocate(self._rounded(min(initial, max_length)), keep=0)
+        self._allocate(self._rounded(CAPACITY_STEP), keep=0)
 
     def fit(self, length: int) -> None:
         """Size the cache for sequences of up to ``length`` tokens; call with every slot idle.
