@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import report, sources
 from benchmarks.machine import machine_info
 from benchmarks.stacks.common import RESULT_PREFIX
+from edge_runtime.hugepages import OPT_OUT
 
 PROMPT_FILE = sources.PROMPT_FILE
 RUN_TIMEOUT_S = 1800
@@ -39,6 +40,7 @@ class StackPlan:
     module: str
     model_path: Path
     quant: str
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def _anchor_ok(module: str) -> bool:
@@ -49,14 +51,18 @@ def _anchor_ok(module: str) -> bool:
     return check.returncode == 0
 
 
-def plan_stacks(spec: sources.ModelSpec, quants: list[str], skipped: list[str]) -> list[StackPlan]:
+def plan_stacks(spec: sources.ModelSpec, quants: list[str], skipped: list[str],
+                huge_pages: str = "on") -> list[StackPlan]:
     """Return the stacks that can run on this machine, noting the ones that cannot."""
     plans = []
     for quant in quants:
         bundle = sources.bundle_path(spec, quant)
         if (bundle / "manifest.json").is_file():
-            plans.append(StackPlan(f"edge-runtime {quant}", report.EDGE, Path(sys.executable),
-                                   "benchmarks.stacks.edge", bundle, quant))
+            edge = StackPlan(f"edge-runtime {quant}", report.EDGE, Path(sys.executable),
+                             "benchmarks.stacks.edge", bundle, quant)
+            small_pages = StackPlan(f"{edge.label}, 4K pages", report.EDGE, edge.python,
+                                    edge.module, bundle, quant, ((OPT_OUT, "0"),))
+            plans += {"on": [edge], "off": [small_pages], "both": [edge, small_pages]}[huge_pages]
         else:
             skipped.append(f"edge-runtime {quant}: no bundle at {bundle}")
     genai = sources.genai_model_path(spec)
@@ -97,7 +103,7 @@ def run_stack(plan: StackPlan, prompt_file: Path, args: argparse.Namespace,
            "--prompt-file", str(prompt_file), "--threads", str(args.threads),
            "--max-new", str(args.max_new), "--streams", str(streams)]
     env = dict(os.environ, PYTHONPATH=str(sources.REPO), TQDM_DISABLE="1",
-               OMP_NUM_THREADS=str(args.threads))
+               OMP_NUM_THREADS=str(args.threads), **dict(plan.env))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=sources.REPO,
                               timeout=RUN_TIMEOUT_S)
@@ -117,7 +123,7 @@ def _progress(message: str) -> None:
 def bench_model(spec: sources.ModelSpec, args: argparse.Namespace, work: Path) -> dict[str, object]:
     """Measure every available stack on ``spec``; return medians, ratios and targets."""
     skipped: list[str] = []
-    plans = plan_stacks(spec, args.quant, skipped)
+    plans = plan_stacks(spec, args.quant, skipped, args.huge_pages)
     ids = prompt_ids(spec, args.quant)
     prompt_file = work / f"prompt-{spec.key}.json"
     prompt_file.write_text(json.dumps({"text": PROMPT_FILE.read_text(), "ids": ids}))
@@ -234,6 +240,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="concurrent streams for the int4 bundle (1 skips it)")
     parser.add_argument("--quality", action="store_true",
                         help="also run the quality guard (int4/int8 against fp32)")
+    parser.add_argument("--huge-pages", choices=["on", "off", "both"], default="on",
+                        help="run edge-runtime with transparent huge pages as its command "
+                             "does (on), without (off), or both, alternating")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--markdown", type=Path, help="write the printed tables here too")
     args = parser.parse_args(argv)

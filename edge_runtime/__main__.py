@@ -1,5 +1,3 @@
-import sys
+from edge_runtime.cli import console
 
-from edge_runtime.cli import main
-
-sys.exit(main())
+console()

@@ -19,6 +19,8 @@ from typing import Protocol
 from benchmarks.stacks.common import RunResult, emit, load_prompt, parse_args, peak_rss_mb
 from edge_runtime.engine import EngineOptions, GenerationResult, SamplingParams, load_engine
 from edge_runtime.engine.batching import BatchCounters
+from edge_runtime.hugepages import current as huge_pages
+from edge_runtime.hugepages import reexec_with_huge_pages
 
 
 class _IdsEngine(Protocol):
@@ -99,6 +101,7 @@ def main() -> int:
         "graph": graph,
         "quantization": engine.manifest.quantization.method,
         "bits": engine.manifest.quantization.bits,
+        "huge_pages": huge_pages().active,
     }
     timed = _run(engine, ids, args.max_new)
     if args.streams > 1:
@@ -155,4 +158,5 @@ def _phase_figures(
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # as the edge-runtime command does, so the figures are the daemon's
     raise SystemExit(main())

@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 
 from edge_runtime import __version__
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.hugepages import reexec_with_huge_pages
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -71,5 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``edge-runtime`` console script: huge pages first (see hugepages.py), then main."""
+    reexec_with_huge_pages()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

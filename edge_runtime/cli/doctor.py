@@ -13,6 +13,7 @@ from edge_runtime.cli.doctor_checks import (
     check_board,
     check_broker,
     check_bundle,
+    check_huge_pages,
     check_memory,
     check_profile,
     check_runtime,
@@ -71,6 +72,7 @@ def collect(args: argparse.Namespace) -> list[Finding]:
     board_finding, board = check_board(args.root)
     profile_finding, profile = check_profile(config, board)
     findings += [board_finding, profile_finding, check_runtime(profile, board)]
+    findings.append(check_huge_pages(args.root))
     bundle_finding, manifest = check_bundle(_bundle_path(config))
     findings.append(bundle_finding)
     if manifest is not None:

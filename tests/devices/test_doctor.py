@@ -9,6 +9,7 @@ import pytest
 
 import devices
 from edge_runtime.cli import main
+from edge_runtime.hugepages import TUNABLE
 from tests.fixtures.broker import MosquittoBroker, User, free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -41,13 +42,17 @@ def test_this_machine_with_a_good_bundle_and_broker_is_ready(
 
 
 def test_text_output_is_one_line_per_check_with_a_verdict(
-    capsys: pytest.CaptureFixture[str], good_bundle: Path, open_broker: MosquittoBroker
+    capsys: pytest.CaptureFixture[str], good_bundle: Path, open_broker: MosquittoBroker,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # As the edge-runtime command would have started it (the kernel's mode decides the rest).
+    monkeypatch.setenv("GLIBC_TUNABLES", TUNABLE)
     code = main(["doctor", "--model", str(good_bundle), "--broker", open_broker.url])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     for name in ("config", "board", "profile", "onnxruntime", "bundle", "memory", "broker"):
         assert any(line.split()[1:2] == [name] for line in out if line.startswith("  OK")), name
+    assert any(line.split()[1:3] == ["huge", "pages"] for line in out if line.startswith("  OK"))
     assert out[-1] == "0 FAIL, 0 WARN: ready to serve"
 
 
