@@ -11,6 +11,7 @@ from edge_runtime.bundle.verify import verify_bundle
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.defaults import GenerationDefaults
 from edge_runtime.engine.engine import LoadReport, OnnxEngine
+from edge_runtime.engine.mapped_pages import release_file_pages
 from edge_runtime.engine.options import EngineOptions
 from edge_runtime.engine.providers import (
     CUDA,
@@ -47,6 +48,12 @@ def _template(root: Path, manifest: Manifest, tokenizer: Tokenizer) -> ChatTempl
     )
 
 
+def _release_model_pages(root: Path, options: EngineOptions) -> None:
+    folders = [root, *([Path(options.optimized_model_dir)] if options.optimized_model_dir else [])]
+    released = release_file_pages(folders)
+    log.info("gave back %.1f MB of mapped model pages", released / 2**20)
+
+
 def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) -> OnnxEngine:
     """Verify the bundle at ``bundle_dir`` and load it for generation.
 
@@ -68,6 +75,7 @@ def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) ->
     plan = plan_providers(options)
     model_sha = manifest.files[manifest.model_file].sha256
     session, cache_hit = create_session(root / manifest.model_file, model_sha, plan, options)
+    _release_model_pages(root, options)
     active = tuple(session.get_providers())
     check_session_providers(plan, active, options.require)
     device = "cuda" if CUDA in active or TENSORRT in active else "cpu"

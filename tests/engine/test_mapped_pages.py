@@ -1,0 +1,86 @@
+"""Pages of the model files that ONNX Runtime mapped are given back after loading."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
+from edge_runtime.engine import loader as loader_module
+from edge_runtime.engine.mapped_pages import mappings, release_file_pages
+
+SIZE = 64 * mmap.PAGESIZE
+pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux")
+
+
+@pytest.fixture
+def mapped(tmp_path: Path) -> Iterator[tuple[Path, mmap.mmap]]:
+    """A file mapped private and writable, as ONNX Runtime maps external data, all read."""
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(SIZE))
+    with path.open("rb") as f:
+        view = mmap.mmap(f.fileno(), SIZE, flags=mmap.MAP_PRIVATE,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    assert view[:] == path.read_bytes()  # every page resident now
+    yield path, view
+    view.close()
+
+
+def resident(path: Path) -> int:
+    return sum(m.rss for m in mappings() if m.path == str(path))
+
+
+def test_clean_pages_are_dropped_and_read_back_unchanged(
+    mapped: tuple[Path, mmap.mmap],
+) -> None:
+    path, view = mapped
+    assert resident(path) == SIZE
+    assert release_file_pages([path.parent]) == SIZE
+    assert resident(path) == 0
+    assert view[:] == path.read_bytes()
+
+
+def test_a_mapping_with_written_pages_is_left_alone(mapped: tuple[Path, mmap.mmap]) -> None:
+    path, view = mapped
+    view[5] = (view[5] + 1) % 256  # a private copy of this page now differs from the file
+    written = view[:]
+    assert release_file_pages([path.parent]) == 0
+    assert view[:] == written
+    assert resident(path) == SIZE
+
+
+def test_files_elsewhere_are_left_alone(mapped: tuple[Path, mmap.mmap], tmp_path: Path) -> None:
+    path, _ = mapped
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert release_file_pages([other]) == 0
+    assert resident(path) == SIZE
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_the_loaded_model_keeps_no_file_pages_and_answers_the_same(
+    smollm2_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = smollm2_bundle("int4").resolve()
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    prompt = list(range(200, 260))
+
+    def bundle_rss() -> int:
+        return sum(m.rss for m in mappings() if m.path.startswith(f"{bundle}/"))
+
+    released = load_engine(bundle, EngineOptions(threads=2))
+    after_load = bundle_rss()
+    answer = released.generate_ids(prompt, params).token_ids
+    assert bundle_rss() < 2 * 2**20, "the kernels read the released pages back"
+    del released
+
+    monkeypatch.setattr(loader_module, "release_file_pages", lambda folders: 0)
+    kept = load_engine(bundle, EngineOptions(threads=2))
+    # The scales of SmolLM2's int4 weights alone are 16 MB.
+    assert bundle_rss() - after_load > 10 * 2**20
+    assert kept.generate_ids(prompt, params).token_ids == answer
