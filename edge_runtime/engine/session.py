@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 CACHED_MODEL = "model.onnx"
 _CACHED_DATA = "model.onnx.data"
+# Initializers from this size up go to the data file, mapped at load and then given back
+# (engine/mapped_pages.py); smaller ones stay inline, where shape inference needs them.
+_EXTERNAL_MIN_BYTES = 1 << 16
+_CACHE_FORMAT = "2"  # bumped when what the cache holds changes, so old entries are rebuilt
 
 
 def cpu_fingerprint() -> str:
@@ -43,7 +47,8 @@ def cpu_fingerprint() -> str:
 
 def cache_key(model_sha256: str, plan: ProviderPlan) -> str:
     """Return the cache entry name for a model under ``plan`` on this machine."""
-    parts = [model_sha256, ort.__version__, ",".join(plan.providers), cpu_fingerprint()]
+    parts = [model_sha256, ort.__version__, ",".join(plan.providers), cpu_fingerprint(),
+             _CACHE_FORMAT]
     material = "|".join(parts)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
@@ -113,7 +118,7 @@ def _build_cached(
         "session.optimized_model_external_initializers_file_name", _CACHED_DATA
     )
     so.add_session_config_entry(
-        "session.optimized_model_external_initializers_min_size_in_bytes", str(1 << 20)
+        "session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES)
     )
     session = _open(model_path, so, plan)
     try:

@@ -84,3 +84,22 @@ def test_the_loaded_model_keeps_no_file_pages_and_answers_the_same(
     # The scales of SmolLM2's int4 weights alone are 16 MB.
     assert bundle_rss() - after_load > 10 * 2**20
     assert kept.generate_ids(prompt, params).token_ids == answer
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_the_optimized_graph_cache_is_given_back_too(
+    smollm2_bundle: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The daemon loads from its optimized-graph cache; the weights there are mapped too."""
+    bundle = smollm2_bundle("int4").resolve()
+    cache = tmp_path / "ort-cache"
+    options = EngineOptions(threads=2, optimized_model_dir=cache)
+    load_engine(bundle, options)  # builds the cache
+    engine = load_engine(bundle, options)
+    assert engine.report.optimized_cache_hit
+    engine.generate_ids(list(range(200, 260)), SamplingParams(max_tokens=8, temperature=0.0))
+    (data,) = cache.glob("*/model.onnx.data")
+    # Inline initializers would sit on the heap for good: all but the tiny ones are external.
+    assert data.stat().st_size > 0.97 * (bundle / "model.onnx.data").stat().st_size
+    assert sum(m.rss for m in mappings() if m.path.startswith(f"{cache}/")) < 2 * 2**20
