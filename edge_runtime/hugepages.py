@@ -57,6 +57,7 @@ def glibc_version() -> tuple[int, ...] | None:
 
 
 def tunable_set(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` already says what glibc.malloc.hugetlb should be."""
     return "glibc.malloc.hugetlb=" in environ.get("GLIBC_TUNABLES", "")
 
 
@@ -104,7 +105,10 @@ def reexec_with_huge_pages() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    except OSError:  # run on without: slower, not wrong
+        return
 
 
 def current() -> HugePages:
