@@ -7,7 +7,7 @@ glibc's malloc asks the kernel for huge pages only when the tunable
 ``glibc.malloc.hugetlb=1`` is set, which glibc reads once, when the process starts. On
 kernels whose THP mode is ``madvise`` (the usual default, and the one on which nothing else
 gets huge pages), the ``edge-runtime`` command therefore re-executes itself with the tunable
-set, before anything is imported or loaded: same process id, arguments and file descriptors.
+set, before anything is loaded: same process id, arguments and file descriptors.
 
 ``EDGE_RUNTIME_HUGE_PAGES=0`` leaves malloc as it is. The gain is in docs/benchmarks.md.
 """

@@ -13,7 +13,14 @@ from edge_runtime.cli.doctor_broker import probe_broker
 from edge_runtime.cli.doctor_report import FAIL, OK, WARN, Finding
 from edge_runtime.config import BrokerConfig, Config, resolve_secret
 from edge_runtime.errors import BundleError
-from edge_runtime.hugepages import OPT_OUT, THP_ENABLED, TUNABLE, assess, glibc_version, thp_mode
+from edge_runtime.hugepages import (
+    THP_ENABLED,
+    TUNABLE,
+    assess,
+    environment_with_tunable,
+    glibc_version,
+    thp_mode,
+)
 
 DEFAULT_BUNDLE_NAME = "qwen2.5-coder-0.5b-instruct-int4"
 # Python, onnxruntime's arenas, tokenizers and the daemon's buffers. Measured here: the
@@ -90,11 +97,11 @@ def check_runtime(profile: Profile | None, board: BoardInfo) -> Finding:
 
 def check_huge_pages(root: Path) -> Finding:
     """Say whether the model's weights will sit in transparent huge pages (faster decode)."""
-    mode = thp_mode(root / THP_ENABLED.relative_to("/"))
-    state = assess(os.environ, mode, glibc_version())
+    mode, glibc = thp_mode(root / THP_ENABLED.relative_to("/")), glibc_version()
+    state = assess(os.environ, mode, glibc)
     if state.active:
         return Finding("huge pages", OK, f"on: {state.reason}")
-    if mode != "madvise" or os.environ.get(OPT_OUT) == "0":
+    if environment_with_tunable(os.environ, mode, glibc) is None:  # off by choice or by need
         return Finding("huge pages", OK, f"off: {state.reason}")
     fix = f"start through the edge-runtime command, or set GLIBC_TUNABLES={TUNABLE}"
     return Finding("huge pages", WARN, f"off: {state.reason}", fix)

@@ -42,12 +42,12 @@ class Mapping:
         return self.perms[3] == "p" and self.anonymous == 0
 
 
-def mappings(smaps: Path = MAPS) -> list[Mapping]:
+def mappings() -> list[Mapping]:
     """Return this process's file mappings with their resident and copied-on-write bytes."""
     found: list[Mapping] = []
     current: dict[str, object] | None = None
     try:
-        lines = smaps.read_text().splitlines()
+        lines = MAPS.read_text().splitlines()
     except OSError:  # not Linux
         return []
     for line in lines:
@@ -70,13 +70,13 @@ def under(mapping: Mapping, folders: Iterable[Path]) -> bool:
     return any(Path(mapping.path).is_relative_to(folder) for folder in folders)
 
 
-def release_file_pages(folders: Sequence[Path], smaps: Path = MAPS) -> int:
-    """Drop the resident pages of read-only mappings of files under ``folders``.
+def release_file_pages(folders: Sequence[Path]) -> int:
+    """Drop the resident pages of unwritten private mappings of files under ``folders``.
 
     Returns how many bytes were resident in them before.
     """
     roots = [folder.resolve() for folder in folders]
-    chosen = [m for m in mappings(smaps) if m.rss and m.same_as_file and under(m, roots)]
+    chosen = [m for m in mappings() if m.rss and m.same_as_file and under(m, roots)]
     if not chosen:
         return 0
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
