@@ -1,7 +1,8 @@
 """Weight quantization of any ONNX decoder graph (optimum's or the gqa builder's).
 
-int8: ONNX Runtime dynamic quantization. int4: ONNX Runtime's MatMulNBits quantizer for the
-MatMuls and GatherBlockQuantized for the embedding, after untying a shared lm_head.
+int8: ONNX Runtime dynamic quantization. int4: MatMulNBits for the MatMuls and
+GatherBlockQuantized for the embedding; a lm_head tied to the embedding is untied for
+quantizing, and the embedding then gathers the head's blocks (converters.tied_table).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from converters.export.graph_edit import untie_lm_head
 from converters.onnx_io import save_model
 from converters.options import ConvertOptions
 from converters.progress import Progress, silent
+from converters.tied_table import share_head_table, tied_embedding
 from edge_runtime.bundle import Quantization
 
 if TYPE_CHECKING:
@@ -124,6 +126,9 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str],
     )
 
     head = lm_head_node(model)
+    tied = tied_embedding(model)
+    if tied in exclude:
+        tied = None
     if options.head_bits == 8 and head is not None and head not in exclude:
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != head]
         model = _nbits(model, 8, options, others, ("MatMul",))
@@ -133,13 +138,17 @@ def _int4(model: Any, options: ConvertOptions, exclude: list[str],
         block_fn = lambda node, w: affine_blocks(w, size)  # noqa: E731
     elif calibration is not None:
         block_fn = _calibrated_blocks(calibration, size, progress, _weight_count(model))
+    symmetric = options.int4_scheme != "asymmetric"
     if block_fn is not None:
         model = quantize_matmuls(model, block_fn, block_size=size,
                                  accuracy_level=options.accuracy_level, exclude=set(exclude))
+    else:
+        model = _nbits(model, 4, options, exclude, ("MatMul",), symmetric)
+    if tied is not None and share_head_table(model, tied):
+        return model
     if calibration is not None:
         return quantize_gathers(model, size, set(exclude))
-    ops = ("Gather",) if block_fn is not None else WEIGHT_OPS
-    return _nbits(model, 4, options, exclude, ops, options.int4_scheme != "asymmetric")
+    return _nbits(model, 4, options, exclude, ("Gather",), symmetric)
 
 
 def _int8(src: Path, dst: Path, exclude: list[str]) -> None:
