@@ -8,6 +8,9 @@ SmolLM2-135M, 59 MB for Qwen2.5-0.5B, a second copy of what the repacked weights
 is read again comes back from the page cache with the file's contents. ONNX Runtime maps the
 files writable (copy-on-write), so only mappings with no private copy of any page (smaps'
 ``Anonymous: 0``) are released: there, nothing differs from the file and nothing is lost.
+
+:func:`trim_heap` hands back the free pages inside malloc's heap, which glibc otherwise keeps
+for later allocations.
 """
 
 from __future__ import annotations
@@ -88,3 +91,15 @@ def release_file_pages(folders: Sequence[Path]) -> int:
         else:
             log.debug("madvise(%s) failed: errno %d", m.path, ctypes.get_errno())
     return released
+
+
+def trim_heap() -> bool:
+    """Return the free pages of malloc's heap to the system; False where malloc cannot
+    (``malloc_trim`` is glibc's)."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True

@@ -103,3 +103,32 @@ def test_the_optimized_graph_cache_is_given_back_too(
     # Inline initializers would sit on the heap for good: all but the tiny ones are external.
     assert data.stat().st_size > 0.97 * (bundle / "model.onnx.data").stat().st_size
     assert sum(m.rss for m in mappings() if m.path.startswith(f"{cache}/")) < 2 * 2**20
+
+
+def _rss_anon() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("RssAnon:"))) * 1024
+
+
+def test_freed_heap_pages_are_handed_back() -> None:
+    import ctypes
+    import ctypes.util
+
+    from edge_runtime.engine.mapped_pages import trim_heap
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = 64 * 1024  # under malloc's mmap threshold: these come from the heap
+    chunks = [libc.malloc(block) for _ in range(512)]
+    for chunk in chunks:
+        ctypes.memset(chunk, 1, block)
+    pin = libc.malloc(64)  # above them, so that free() alone cannot shrink the heap
+    for chunk in chunks:
+        libc.free(chunk)
+    before = _rss_anon()
+    assert trim_heap()
+    assert before - _rss_anon() > 16 * 2**20  # of the 32 MB written and freed
+    libc.free(pin)
