@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ class Mapping:
     def same_as_file(self) -> bool:
         """Private, and no page written: dropping its pages loses nothing."""
         return self.perms[3] == "p" and self.anonymous == 0
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def mappings() -> list[Mapping]:
@@ -82,7 +88,7 @@ def release_file_pages(folders: Sequence[Path]) -> int:
     chosen = [m for m in mappings() if m.rss and m.same_as_file and under(m, roots)]
     if not chosen:
         return 0
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     released = 0
     for m in chosen:
@@ -96,8 +102,7 @@ def release_file_pages(folders: Sequence[Path]) -> int:
 def trim_heap() -> bool:
     """Return the free pages of malloc's heap to the system; False where malloc cannot
     (``malloc_trim`` is glibc's)."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    trim = getattr(_libc(), "malloc_trim", None)
     if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
