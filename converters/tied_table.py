@@ -73,6 +73,8 @@ def share_head_table(model: Any, gather: str) -> bool:
     node = next((n for n in graph.node if n.name == gather and n.op_type == "Gather"), None)
     if head is None or node is None or len([i for i in head.input if i]) != 3:
         return False
+    if _rank(graph, node.input[1]) != 2:  # the Reshape below restores [batch, seq, hidden]
+        return False
     bits, block, k = _attr(head, "bits"), _attr(head, "block_size"), _attr(head, "K")
     inits = {i.name: i for i in graph.initializer}
     packed, scales = inits[head.input[1]], inits[head.input[2]]
@@ -97,6 +99,12 @@ def share_head_table(model: Any, gather: str) -> bool:
     graph.initializer.extend([row_scales, shape])
     _drop_unused(graph, node.input[0])
     return True
+
+
+def _rank(graph: Any, name: str) -> int | None:
+    """Rank of the graph input ``name`` (the token ids), if it is one."""
+    value = next((v for v in graph.input if v.name == name), None)
+    return len(value.type.tensor_type.shape.dim) if value is not None else None
 
 
 def _drop_unused(graph: Any, name: str) -> None:

@@ -14,7 +14,7 @@ from converters.tied_table import share_head_table, tied_embedding
 VOCAB, HIDDEN = 50, 64
 
 
-def _model(table: np.ndarray, head: np.ndarray) -> Any:
+def _model(table: np.ndarray, head: np.ndarray, ids_shape: tuple[int, ...] = (1, 4)) -> Any:
     """ids -> Gather(table) -> "rows" -> MatMul(head) -> "logits"; both are outputs."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -22,9 +22,9 @@ def _model(table: np.ndarray, head: np.ndarray) -> Any:
         [helper.make_node("Gather", ["table", "ids"], ["rows"], name="embed"),
          helper.make_node("MatMul", ["rows", "head"], ["logits"], name="lm_head")],
         "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
-        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [1, 4, HIDDEN]),
-         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, VOCAB])],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, list(ids_shape))],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [*ids_shape, HIDDEN]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, [*ids_shape, VOCAB])],
         [numpy_helper.from_array(table, "table"), numpy_helper.from_array(head, "head")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -45,12 +45,12 @@ def _head_weight(model: Any) -> np.ndarray:
     return (q.reshape(VOCAB, -1, 32) * scales.reshape(VOCAB, -1, 1)).reshape(VOCAB, HIDDEN)
 
 
-def _quantized(bits: int, table: np.ndarray) -> Any:
+def _quantized(bits: int, table: np.ndarray, ids_shape: tuple[int, ...] = (1, 4)) -> Any:
     from converters.int4_blocks import quantize_matmuls, searched_blocks
     from converters.options import ConvertOptions
     from converters.quantize import _nbits
 
-    model = _model(table, np.ascontiguousarray(table.T))
+    model = _model(table, np.ascontiguousarray(table.T), ids_shape)
     if bits == 8:
         return _nbits(model, 8, ConvertOptions(), [], ("MatMul",))
     return quantize_matmuls(model, lambda node, w: searched_blocks(w, 32, np.ones(HIDDEN)),
@@ -94,6 +94,13 @@ def test_a_head_kept_in_float_leaves_the_embedding_alone() -> None:
     model = _model(table, np.ascontiguousarray(table.T))
     assert not share_head_table(model, "embed")
     assert [n.op_type for n in model.graph.node] == ["Gather", "MatMul"]
+
+
+def test_token_ids_of_another_rank_keep_the_embedding_its_own_table() -> None:
+    table = np.random.default_rng(6).normal(0, 0.1, (VOCAB, HIDDEN)).astype(np.float32)
+    model = _quantized(4, table, ids_shape=(4,))
+    assert not share_head_table(model, "embed")
+    assert "Gather" in [n.op_type for n in model.graph.node]
 
 
 @pytest.mark.parametrize("graph", ["gqa", "optimum"])
