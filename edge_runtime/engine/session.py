@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import onnxruntime as ort
 
@@ -79,25 +80,33 @@ def _open(path: Path, so: ort.SessionOptions, plan: ProviderPlan) -> ort.Inferen
         raise ModelUnavailable(f"onnxruntime cannot load {path.name}: {exc}") from exc
 
 
+class OpenSession(NamedTuple):
+    """A session, the model file it was read from, and whether that is the cached graph."""
+
+    session: ort.InferenceSession
+    model_path: Path
+    cache_hit: bool
+
+
 def create_session(
     model_path: Path, model_sha256: str, plan: ProviderPlan, options: EngineOptions
-) -> tuple[ort.InferenceSession, bool]:
-    """Return the session and whether it came from the optimized-graph cache."""
+) -> OpenSession:
+    """Open ``model_path``, or its optimized graph from the cache when there is one."""
     so = _session_options(options)
     cache_dir = options.optimized_model_dir
     if cache_dir is None or plan.primary == TENSORRT:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return _open(model_path, so, plan), False
+        return OpenSession(_open(model_path, so, plan), model_path, False)
     entry = Path(cache_dir) / cache_key(model_sha256, plan)
     if (entry / CACHED_MODEL).is_file():
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            return _open(entry / CACHED_MODEL, so, plan), True
+            return OpenSession(_open(entry / CACHED_MODEL, so, plan), entry / CACHED_MODEL, True)
         except ModelUnavailable as exc:
             log.warning("optimized graph cache %s unusable (%s); rebuilding", entry, exc)
             shutil.rmtree(entry, ignore_errors=True)
             so = _session_options(options)
-    return _build_cached(model_path, entry, so, plan), False
+    return OpenSession(_build_cached(model_path, entry, so, plan), model_path, False)
 
 
 def _build_cached(
