@@ -9,8 +9,9 @@ mask and the logits go through small reused buffers.
 Memory follows the requests, so that one long prompt does not leave a field device short
 for the rest of its uptime: the cache is sized for the request at hand (:meth:`GqaSlots.fit`,
 in steps of 256 tokens), grows when a sequence outruns it, and is replaced by a small one
-when a much shorter request follows; and after a forward over many tokens, ONNX Runtime's
-arena gives back the scratch memory that forward grew it by.
+when a much shorter request follows; a prompt is fed in chunks, so that attention's scratch
+memory is bounded by the chunk rather than the prompt; and after a long prompt, ONNX
+Runtime's arena gives back the scratch memory it grew by.
 
 :class:`GqaSlots` runs several sequences (one per slot) in one forward; :class:`GqaRunner`
 is the single-sequence :class:`DecoderRunner` built on it.
@@ -35,6 +36,13 @@ SHRINK_FACTOR = 4
 """``fit`` gives memory back when the cache is at least this many times what is needed."""
 LONG_FORWARD = 256
 """After a forward over more tokens than this, ONNX Runtime's arena returns what it grew by."""
+PREFILL_CHUNK = 64
+"""A prompt is fed in forwards of at most this many tokens per sequence.
+
+Attention over a forward of ``s`` new tokens holds ``heads * s * total`` scores at once: for
+a 4,096-token prompt in one forward, 600 MB on SmolLM2-135M, more than the model. In chunks
+the scores and the MLP's activations are bounded by the chunk, at about the same speed.
+"""
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -58,6 +66,8 @@ class GqaSlots:
     caches hold ``lengths`` tokens before the call, and returns float32 logits [n, vocab]
     for each row's last token. Callers keep track of the lengths.
     """
+
+    _kv: np.ndarray
 
     def __init__(
         self,
@@ -145,22 +155,37 @@ class GqaSlots:
         return (np.arange(width)[None, :] < totals[:, None]).astype(np.int64)
 
     def run(self, start: int, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Append ``tokens`` [n, seq] to slots ``start:start+n``; return last logits [n, vocab]."""
+        """Append ``tokens`` [n, seq] to slots ``start:start+n``; return last logits [n, vocab].
+
+        The tokens go in forwards of at most :data:`PREFILL_CHUNK` per row. Once a slot holds
+        tokens, GroupQueryAttention takes several new ones only for a single row (n == 1),
+        which is how prompts arrive.
+        """
         n, new = tokens.shape
         if start < 0 or start + n > self.slots:
             raise IndexError(f"slots {start}..{start + n} out of 0..{self.slots}")
+        lengths = np.asarray(lengths, dtype=np.int64)
         self.reserve(int(lengths.max()) + new)
         io, _ = self._binding(start, start + n)
+        for first in range(0, new, PREFILL_CHUNK):
+            chunk = tokens[:, first : first + PREFILL_CHUNK]
+            last = first + chunk.shape[1] == new
+            # A long prompt's activations would otherwise stay in the arena for good.
+            release = last and n * new > LONG_FORWARD
+            self._forward(io, chunk, lengths + first, release)
+        return self._logits[:n, 0]
+
+    def _forward(
+        self, io: ort.IOBinding, tokens: np.ndarray, lengths: np.ndarray, release: bool
+    ) -> None:
         from_numpy = self._ort.OrtValue.ortvalue_from_numpy
         # The OrtValues borrow the arrays' memory: keep both alive until the next run.
         ids = np.ascontiguousarray(tokens, dtype=np.int64)
-        mask = self._mask(np.asarray(lengths, dtype=np.int64), new)
+        mask = self._mask(lengths, ids.shape[1])
         self._feeds = [from_numpy(ids), from_numpy(mask), ids, mask]
         io.bind_ortvalue_input(self.spec.input_ids, self._feeds[0])
         io.bind_ortvalue_input(self.spec.attention_mask or "attention_mask", self._feeds[1])
-        # A long prompt's activations would otherwise stay in the arena for good.
-        self.session.run_with_iobinding(io, self._release if n * new > LONG_FORWARD else None)
-        return self._logits[:n, 0]
+        self.session.run_with_iobinding(io, self._release if release else None)
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` cached tokens of slot ``src`` into slot ``dst``."""
