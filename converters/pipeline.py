@@ -87,11 +87,14 @@ def _write_files(
 ) -> bool:
     """Copy the model and write the side files; return whether a chat template was written."""
     from converters import metadata
+    from converters.calibration import TEXT
+    from converters.tokenizer_file import write_tokenizer
 
     for src in model_files:
         shutil.copyfile(src, stage / src.name)
     hf_dir = prepared.hf_dir
-    shutil.copyfile(_tokenizer_json(hf_dir, work, trust_remote_code), stage / "tokenizer.json")
+    tokenizer = _tokenizer_json(hf_dir, work, trust_remote_code)
+    write_tokenizer(tokenizer, stage / "tokenizer.json", TEXT.read_text(encoding="utf-8"))
     write_json(stage / "generation.json", metadata.generation_defaults(hf_dir, context))
     template = metadata.chat_template(hf_dir, prepared)
     if template:

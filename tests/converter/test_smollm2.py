@@ -111,6 +111,8 @@ def test_gguf_tokenizer_facts_follow_the_gguf(smollm2_bundle: Callable[..., Path
     text = "Line one\n  x = 42 # café"
     assert tok.decode(tok.encode(text).ids) == text
     assert tok.encode("<|im_start|>").ids == [tok.token_to_id("<|im_start|>")]
+    merges = json.loads((bundle / "tokenizer.json").read_text())["model"]["merges"]
+    assert isinstance(merges[0], str)  # the form that costs the device least memory to read
     assert manifest.source.kind == "gguf" and manifest.source.license == "apache-2.0"
     assert manifest.quantization.bits == 4 and manifest.quantization.unquantized == []
     generation = json.loads((bundle / "generation.json").read_text())
