@@ -53,10 +53,14 @@ def _release_model_pages(root: Path, options: EngineOptions, model_path: Path) -
     folders = [root, *([Path(options.optimized_model_dir)] if options.optimized_model_dir else [])]
     released = release_file_pages(folders)
     log.info("gave back %.1f MB of mapped model pages", released / 2**20)
-    tables = sum(
-        read_on_demand(model_path.parent / span.location, span.offset, span.length)
-        for span in gathered_spans(model_path)
-    )
+    try:
+        tables = sum(
+            read_on_demand(model_path.parent / span.location, span.offset, span.length)
+            for span in gathered_spans(model_path)
+        )
+    except (BundleError, OSError) as exc:  # a memory saving only: serve without it
+        log.warning("cannot find the model's gathered tables (%s)", exc)
+        return
     log.info("%.1f MB of gathered tables read a page at a time", tables / 2**20)
 
 
