@@ -6,6 +6,12 @@ each with its own cache length. Sequences join and leave between steps. Active s
 always fill slots ``0 .. n-1``: when one leaves, the last one's cache moves into its slot,
 so each step runs on one contiguous block of the KV buffers.
 
+A prompt longer than :data:`INTERLEAVE_AFTER` tokens is read a chunk
+(:data:`~edge_runtime.engine.runners.gqa.PREFILL_CHUNK`) at a time, with a decode step for
+the active sequences after each chunk: a 1,000-token prompt takes seconds to read, and the
+others keep streaming meanwhile instead of stopping. Shorter prompts go in at once, so that
+a burst of short requests fills the batch before it decodes.
+
 Greedy results equal running alone exactly with fp32 weights. With int4 MatMulNBits the
 kernels for several rows round differently from the one-row kernel, so a near-tie between
 two tokens can now and then resolve the other way.
@@ -29,6 +35,7 @@ import numpy as np
 from edge_runtime.engine.decoding import Decoding
 from edge_runtime.engine.engine import OnnxEngine
 from edge_runtime.engine.prompt import PromptEngine
+from edge_runtime.engine.runners import gqa
 from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
 from edge_runtime.engine.types import (
     DeltaCallback,
@@ -49,6 +56,9 @@ from edge_runtime.errors import (
 log = logging.getLogger(__name__)
 
 _Event = tuple[str, object]  # ("delta", str) | ("done", GenerationResult) | ("error", Exception)
+
+INTERLEAVE_AFTER = 256
+"""Prompts longer than this many tokens are read a chunk per scheduler step."""
 
 
 @dataclass
@@ -126,6 +136,7 @@ class BatchingEngine(PromptEngine):
         )
         self._incoming: queue.Queue[_Request | None] = queue.Queue()
         self._active: list[_Request] = []
+        self._filling: _Request | None = None  # a long prompt being read, in slot len(active)
         self.counters = BatchCounters()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
@@ -216,6 +227,8 @@ class BatchingEngine(PromptEngine):
         while not self._closing.is_set():
             try:
                 self._admit()
+                if self._filling is not None:
+                    self._fill(self._filling, gqa.PREFILL_CHUNK)
                 if self._active:
                     self._decode_step()
             except Exception as exc:  # keep serving: fail only the sequences in flight
@@ -225,36 +238,62 @@ class BatchingEngine(PromptEngine):
 
     def _admit(self) -> None:
         """Prefill waiting requests into free slots; block when there is nothing to do."""
-        while len(self._active) < self.max_batch:
+        while self._filling is None and len(self._active) < self.max_batch:
             try:
                 request = self._incoming.get(block=not self._active)
             except queue.Empty:
                 return
             if request is None:
                 return
-            self._prefill(request)
+            if self._place(request):
+                if len(request.prompt_ids) > INTERLEAVE_AFTER and self._active:
+                    self._filling = request  # read a chunk per step from now on
+                else:
+                    self._fill(request, len(request.prompt_ids))
 
-    def _prefill(self, request: _Request) -> None:
+    def _place(self, request: _Request) -> bool:
+        """Make room for ``request`` in slot ``len(active)``; False if it ended instead."""
         request.admitted = time.perf_counter()
         if request.cancelled():
             self._finish(request, FinishReason.CANCELLED)
-            return
-        slot = len(self._active)
-        ids = np.asarray(request.prompt_ids, dtype=np.int64)[None, :]
-        expected = ids.shape[1] + request.decoding.max_new_tokens
+            return False
+        expected = len(request.prompt_ids) + request.decoding.max_new_tokens
         try:
-            if slot == 0:
-                self.slots.fit(expected)
-            else:
+            if self._active:
                 self.slots.reserve(expected)
-            logits = self.slots.run(slot, ids, np.zeros(1, dtype=np.int64))
+            else:
+                self.slots.fit(expected)
         except Exception as exc:
             _send_error(request, exc)
+            return False
+        return True
+
+    def _fill(self, request: _Request, count: int) -> None:
+        """Feed up to ``count`` more prompt tokens; the request joins when all are in."""
+        if request.cancelled():
+            self._filling = None
+            self._finish(request, FinishReason.CANCELLED)
             return
-        request.length = ids.shape[1]
+        start = request.length
+        ids = np.asarray(request.prompt_ids[start : start + count], dtype=np.int64)[None, :]
+        done = start + ids.shape[1] == len(request.prompt_ids)
+        began = time.perf_counter()
+        try:
+            logits = self.slots.run(
+                len(self._active), ids, np.array([start], dtype=np.int64),
+                settle=done and len(request.prompt_ids) > gqa.LONG_FORWARD,
+            )
+        except Exception as exc:
+            self._filling = None
+            _send_error(request, exc)
+            return
+        request.length += ids.shape[1]
+        self.counters.prefill_s += time.perf_counter() - began
+        if not done:
+            return
+        self._filling = None
         request.prefill_s = time.perf_counter() - request.admitted
         self.counters.prefills += 1
-        self.counters.prefill_s += request.prefill_s
         if not self._advance(request, logits[0]):
             self._active.append(request)
 
@@ -302,18 +341,25 @@ class BatchingEngine(PromptEngine):
         request.events.put(("done", request.result()))
 
     def _release(self, done: list[_Request]) -> None:
-        """Drop finished sequences, moving the last active one into each freed slot."""
+        """Drop finished sequences, moving the last active one into each freed slot.
+
+        A prompt being read follows, so that it stays in the slot after the active ones.
+        """
         for request in done:
             slot = self._active.index(request)
             last = self._active.pop()
             if last is not request:
                 self.slots.move(len(self._active), slot, last.length)
                 self._active[slot] = last
+            if self._filling is not None:
+                self.slots.move(len(self._active) + 1, len(self._active), self._filling.length)
 
     def _fail_all(self, exc: Exception) -> None:
-        for request in self._active:
+        failed = [*self._active, *([self._filling] if self._filling else [])]
+        for request in failed:
             _send_error(request, exc)
         self._active.clear()
+        self._filling = None
 
     def _drain(self) -> None:
         self._fail_all(ShuttingDown("the engine is shutting down"))

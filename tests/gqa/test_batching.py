@@ -125,3 +125,46 @@ def test_requests_after_close_are_refused(engine: OnnxEngine) -> None:
     batcher.close()
     with pytest.raises(ShuttingDown):
         batcher.generate(PROMPTS[0], _params(4))
+
+
+def test_a_long_prompt_is_read_a_chunk_at_a_time_while_the_others_decode(
+    engine: OnnxEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_runtime.engine import batching as batching_module
+    from edge_runtime.engine.runners import gqa
+
+    monkeypatch.setattr(gqa, "PREFILL_CHUNK", 8)
+    monkeypatch.setattr(batching_module, "INTERLEAVE_AFTER", 30)
+    long_ids = [(7 * i) % 200 + 3 for i in range(40)]  # five chunks; the others are shorter
+    jobs = [(engine.encode(PROMPTS[0]), 3), (engine.encode(PROMPTS[2]), 20), (long_ids, 6)]
+    assert all(len(ids) <= 30 for ids, _ in jobs[:2])
+    alone = [engine.generate_ids(ids, _params(n), ignore_eos=True) for ids, n in jobs]
+
+    batcher = BatchingEngine(engine, max_batch=4, start=False)
+    steps: list[str] = []
+    fill, decode = batcher._fill, batcher._decode_step
+    monkeypatch.setattr(batcher, "_fill", lambda r, n: (steps.append("fill"), fill(r, n))[1])
+    monkeypatch.setattr(batcher, "_decode_step", lambda: (steps.append("decode"), decode())[1])
+    results: list[GenerationResult | None] = [None] * len(jobs)
+
+    def run(i: int) -> None:
+        ids, n = jobs[i]
+        results[i] = batcher.generate_ids(ids, _params(n), ignore_eos=True)
+
+    threads = []
+    for i in range(len(jobs)):  # queued in this order: two short prompts, then the long one
+        threads.append(threading.Thread(target=run, args=(i,)))
+        threads[-1].start()
+        deadline = time.monotonic() + 30
+        while batcher.waiting <= i and time.monotonic() < deadline:
+            time.sleep(0.01)
+    batcher.start()
+    for t in threads:
+        t.join(timeout=120)
+    batcher.close()
+
+    assert [r.token_ids if r else None for r in results] == [a.token_ids for a in alone]
+    # Both short prompts at once, then the long one a chunk per step between decode steps;
+    # the first sequence ends (at the second decode step) while the long prompt is read.
+    assert steps[:2] == ["fill", "fill"], steps
+    assert steps[2:12] == ["fill", "decode"] * 5, steps

@@ -154,12 +154,16 @@ class GqaSlots:
         width = int(totals.max())
         return (np.arange(width)[None, :] < totals[:, None]).astype(np.int64)
 
-    def run(self, start: int, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def run(
+        self, start: int, tokens: np.ndarray, lengths: np.ndarray, *, settle: bool = False
+    ) -> np.ndarray:
         """Append ``tokens`` [n, seq] to slots ``start:start+n``; return last logits [n, vocab].
 
         The tokens go in forwards of at most :data:`PREFILL_CHUNK` per row. Once a slot holds
         tokens, GroupQueryAttention takes several new ones only for a single row (n == 1),
-        which is how prompts arrive.
+        which is how prompts arrive. ``settle`` hands the arena's growth back afterwards, as
+        a call over more than :data:`LONG_FORWARD` tokens does anyway (for the last piece of
+        a long prompt fed a chunk per call).
         """
         n, new = tokens.shape
         if start < 0 or start + n > self.slots:
@@ -171,7 +175,7 @@ class GqaSlots:
             chunk = tokens[:, first : first + PREFILL_CHUNK]
             last = first + chunk.shape[1] == new
             # A long prompt's activations would otherwise stay in the arena for good.
-            release = last and n * new > LONG_FORWARD
+            release = last and (settle or n * new > LONG_FORWARD)
             self._forward(io, chunk, lengths + first, release)
         return self._logits[:n, 0]
 
