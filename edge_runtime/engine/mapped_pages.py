@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAPS = Path("/proc/self/smaps")
 _MADV_RANDOM, _MADV_DONTNEED = 1, 4
 _FOLIO = 2 << 20
+_SYNC_WRITE_AND_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,9 @@ def _drop_cached(path: str, offset: int, length: int) -> None:
     """Ask the kernel to evict a file range from the page cache (pages mapped anywhere stay).
 
     The range is widened to whole multiples of ``_FOLIO``: the page cache keeps a file in
-    folios of up to 2 MiB, and keeps a folio that the range covers only in part.
+    folios of up to 2 MiB, and keeps a folio that the range covers only in part. Dirty pages
+    cannot be dropped, so the range is written out first: a bundle converted a moment ago
+    (the quickstart serves right after converting) is still dirty in the page cache.
     """
     start = offset // _FOLIO * _FOLIO
     end = -(-(offset + length) // _FOLIO) * _FOLIO
@@ -149,11 +152,22 @@ def _drop_cached(path: str, offset: int, length: int) -> None:
         log.debug("cannot open %s to drop its cached pages: %s", path, exc)
         return
     try:
+        _write_out(fd, start, end - start)
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
     except OSError as exc:
         log.debug("posix_fadvise(%s) failed: %s", path, exc)
     finally:
         os.close(fd)
+
+
+def _write_out(fd: int, offset: int, length: int) -> None:
+    """Write a file range's dirty pages to storage and wait (nothing to do when clean)."""
+    sync = getattr(_libc(), "sync_file_range", None)
+    if sync is None:
+        return
+    sync.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    if sync(fd, offset, length, _SYNC_WRITE_AND_WAIT) != 0:
+        log.debug("sync_file_range failed: errno %d", ctypes.get_errno())
 
 
 def trim_heap() -> bool:

@@ -128,10 +128,8 @@ def test_a_table_read_on_demand_takes_a_page_per_read(tmp_path: Path) -> None:
     pages, every = 1024, 16  # 4 MB, a byte read from every 64 KB
     path = tmp_path / "table.bin"
     content = os.urandom(pages * mmap.PAGESIZE)
-    with path.open("wb") as f:  # in the page cache, clean, as a bundle is after its hashes
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
+    # In the page cache and still dirty, as a bundle converted a moment ago is.
+    path.write_bytes(content)
     with path.open("rb") as f:
         view = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
     try:
