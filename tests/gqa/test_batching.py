@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +169,51 @@ def test_a_long_prompt_is_read_a_chunk_at_a_time_while_the_others_decode(
     # the first sequence ends (at the second decode step) while the long prompt is read.
     assert steps[:2] == ["fill", "fill"], steps
     assert steps[2:12] == ["fill", "decode"] * 5, steps
+
+
+def test_a_long_prompt_cancelled_while_it_is_read_frees_its_slot(
+    engine: OnnxEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_runtime.engine import batching as batching_module
+    from edge_runtime.engine.runners import gqa
+
+    monkeypatch.setattr(gqa, "PREFILL_CHUNK", 8)
+    monkeypatch.setattr(batching_module, "INTERLEAVE_AFTER", 30)
+    short = engine.encode(PROMPTS[2])
+    long_ids = [(5 * i) % 200 + 3 for i in range(40)]
+    alone = engine.generate_ids(short, _params(12), ignore_eos=True)
+
+    batcher = BatchingEngine(engine, max_batch=2, start=False)
+    stop = threading.Event()
+    fill = batcher._fill
+    read: list[int] = []  # how much of the long prompt is in, after each of its fills
+
+    def fill_then_cancel(request: Any, count: int) -> None:
+        fill(request, count)
+        if request.prompt_ids == long_ids:
+            read.append(request.length)
+            stop.set()  # the caller gives up after the first chunk of its prompt
+
+    monkeypatch.setattr(batcher, "_fill", fill_then_cancel)
+    results: dict[str, GenerationResult] = {}
+
+    def run(name: str, ids: list[int], n: int, cancel: threading.Event | None) -> None:
+        results[name] = batcher.generate_ids(ids, _params(n), cancel=cancel, ignore_eos=True)
+
+    first = threading.Thread(target=run, args=("short", short, 12, None))
+    first.start()
+    while batcher.waiting < 1:
+        time.sleep(0.01)
+    second = threading.Thread(target=run, args=("long", long_ids, 6, stop))
+    second.start()
+    while batcher.waiting < 2:
+        time.sleep(0.01)
+    batcher.start()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    batcher.close()
+
+    assert results["long"].finish_reason == FinishReason.CANCELLED
+    assert results["long"].token_ids == ()
+    assert results["short"].token_ids == alone.token_ids
+    assert read == [8, 8]  # the next step found it cancelled and read no more
