@@ -15,6 +15,15 @@ from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.errors import BundleError, ContextLengthExceeded
 
 _KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+PREFILL_CHUNK = 128
+"""A prompt is fed in forwards of at most this many tokens.
+
+Attention over a forward holds ``heads * new * total`` scores at once; in chunks they are
+bounded by the chunk. Twice the gqa runner's chunk: here each forward copies the whole cache
+into its ``present`` outputs, so every chunk costs a copy of the cache so far. SmolLM2-135M,
+a 2,048-token prompt: the peak rose by 777 MB in one forward, 253 MB in chunks of 128, and
+the first token came sooner (6.4 s against 9.6).
+"""
 
 
 def _layer_names(template: str, layers: int) -> list[str]:
@@ -101,10 +110,16 @@ class OptimumRunner:
         count = int(token_ids.shape[0])
         if count == 0:
             raise ValueError("forward() needs at least one token")
-        total = self._length + count
-        if total > self._max_length:
-            raise ContextLengthExceeded(total, self._max_length)
-        self._bind_inputs(np.ascontiguousarray(token_ids, dtype=np.int64)[None, :], total)
+        if self._length + count > self._max_length:
+            raise ContextLengthExceeded(self._length + count, self._max_length)
+        ids = np.ascontiguousarray(token_ids, dtype=np.int64)
+        for first in range(0, count, PREFILL_CHUNK):
+            logits = self._forward(ids[first : first + PREFILL_CHUNK])
+        return logits
+
+    def _forward(self, token_ids: np.ndarray) -> np.ndarray:
+        total = self._length + int(token_ids.shape[0])
+        self._bind_inputs(token_ids[None, :], total)
         self._bind_outputs()
         self._session.run_with_iobinding(self._binding)
         outputs = self._binding.get_outputs()
