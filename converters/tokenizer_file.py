@@ -48,7 +48,7 @@ def write_tokenizer(src: Path, dst: Path, probe: str) -> bool:
     model = data.get("model") or {}
     merges = model.get("merges")
     strings = _string_merges(merges) if model.get("type") == "BPE" and merges else None
-    if strings is None or all(isinstance(m, str) for m in merges):
+    if strings is None or strings == merges:  # no string form, or already in it
         shutil.copyfile(src, dst)
         return False
     model["merges"] = strings

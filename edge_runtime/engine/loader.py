@@ -12,7 +12,12 @@ from edge_runtime.bundle.verify import verify_bundle
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.defaults import GenerationDefaults
 from edge_runtime.engine.engine import LoadReport, OnnxEngine
-from edge_runtime.engine.mapped_pages import read_on_demand, release_file_pages, trim_heap
+from edge_runtime.engine.mapped_pages import (
+    mappings,
+    read_on_demand,
+    release_file_pages,
+    trim_heap,
+)
 from edge_runtime.engine.options import EngineOptions
 from edge_runtime.engine.providers import (
     CUDA,
@@ -54,9 +59,11 @@ def _release_model_pages(root: Path, options: EngineOptions, model_path: Path) -
     released = release_file_pages(folders)
     log.info("gave back %.1f MB of mapped model pages", released / 2**20)
     try:
+        spans = gathered_spans(model_path)
+        maps = mappings() if spans else []  # read once for all the spans
         tables = sum(
-            read_on_demand(model_path.parent / span.location, span.offset, span.length)
-            for span in gathered_spans(model_path)
+            read_on_demand(model_path.parent / span.location, span.offset, span.length, maps)
+            for span in spans
         )
     except (BundleError, OSError) as exc:  # a memory saving only: serve without it
         log.warning("cannot find the model's gathered tables (%s)", exc)

@@ -61,7 +61,14 @@ class Mapping:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if hasattr(libc, "sync_file_range"):  # Linux only
+        libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                         ctypes.c_uint]
+    if hasattr(libc, "malloc_trim"):  # glibc only
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
 
 
 def mappings() -> list[Mapping]:
@@ -105,15 +112,18 @@ def release_file_pages(folders: Sequence[Path]) -> int:
     return sum(m.rss for m in chosen if _madvise(m.start, m.end - m.start, _MADV_DONTNEED, m.path))
 
 
-def read_on_demand(path: Path, offset: int, length: int) -> int:
+def read_on_demand(
+    path: Path, offset: int, length: int, maps: Sequence[Mapping] | None = None
+) -> int:
     """Make bytes ``offset .. offset + length`` of ``path`` resident only a page per read.
 
-    Applies to this process's mappings of that range, and drops the range's pages from the
-    page cache. Returns how many mapped bytes now fault in one page at a time.
+    Applies to this process's mappings of that range (``maps``, read from ``/proc`` when not
+    given: 20 ms with a 0.5B model loaded), and drops the range's pages from the page cache.
+    Returns how many mapped bytes now fault in one page at a time.
     """
     file = str(path.resolve())
     advised = 0
-    for m in mappings():
+    for m in mappings() if maps is None else maps:
         start = max(offset, m.offset)
         end = min(offset + length, m.offset + m.end - m.start)
         if m.path != file or start >= end:
@@ -128,9 +138,7 @@ def read_on_demand(path: Path, offset: int, length: int) -> int:
 
 
 def _madvise(start: int, size: int, advice: int, path: str) -> bool:
-    libc = _libc()
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if libc.madvise(start, size, advice) == 0:
+    if _libc().madvise(start, size, advice) == 0:
         return True
     log.debug("madvise(%s, %d) failed: errno %d", path, advice, ctypes.get_errno())
     return False
@@ -165,7 +173,6 @@ def _write_out(fd: int, offset: int, length: int) -> None:
     sync = getattr(_libc(), "sync_file_range", None)
     if sync is None:
         return
-    sync.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     if sync(fd, offset, length, _SYNC_WRITE_AND_WAIT) != 0:
         log.debug("sync_file_range failed: errno %d", ctypes.get_errno())
 
@@ -176,6 +183,5 @@ def trim_heap() -> bool:
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is None:
         return False
-    trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
