@@ -16,6 +16,7 @@ from edge_runtime.engine.mapped_pages import (
     mappings,
     read_on_demand,
     release_file_pages,
+    release_read_only_pages,
     trim_heap,
 )
 from edge_runtime.engine.options import EngineOptions
@@ -71,6 +72,12 @@ def _release_model_pages(root: Path, options: EngineOptions, model_path: Path) -
     log.info("%.1f MB of gathered tables read a page at a time", tables / 2**20)
 
 
+def _release_library_pages() -> None:
+    released = release_read_only_pages()
+    log.info("gave back %.1f MB of library code and constants (read again when used)",
+             released / 2**20)
+
+
 def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) -> OnnxEngine:
     """Verify the bundle at ``bundle_dir`` and load it for generation.
 
@@ -87,6 +94,8 @@ def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) ->
     defaults = GenerationDefaults.from_file(root / manifest.generation_file)
     plan = plan_providers(options)
     model_sha = manifest.files[manifest.model_file].sha256
+    # Code that imports and hashing used, dropped now so it does not add to the session's peak.
+    _release_library_pages()
     session, model_path, cache_hit = create_session(
         root / manifest.model_file, model_sha, plan, options
     )
@@ -98,6 +107,7 @@ def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) ->
     )
     template = _template(root, manifest, tokenizer)
     trim_heap()
+    _release_library_pages()
     active = tuple(session.get_providers())
     check_session_providers(plan, active, options.require)
     device = "cuda" if CUDA in active or TENSORRT in active else "cpu"

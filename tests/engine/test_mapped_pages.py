@@ -11,7 +11,12 @@ import pytest
 
 from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
 from edge_runtime.engine import loader as loader_module
-from edge_runtime.engine.mapped_pages import mappings, read_on_demand, release_file_pages
+from edge_runtime.engine.mapped_pages import (
+    mappings,
+    read_on_demand,
+    release_file_pages,
+    release_read_only_pages,
+)
 
 SIZE = 64 * mmap.PAGESIZE
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux")
@@ -83,6 +88,53 @@ def test_the_loaded_model_keeps_no_file_pages_and_answers_the_same(
     kept = load_engine(bundle, EngineOptions(threads=2))
     # The scales of SmolLM2's int4 weights alone are 16 MB.
     assert bundle_rss() - after_load > 10 * 2**20
+    assert kept.generate_ids(prompt, params).token_ids == answer
+
+
+def test_read_only_pages_are_dropped_and_read_back_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "code.bin"
+    path.write_bytes(os.urandom(SIZE))
+    with path.open("rb") as f:
+        view = mmap.mmap(f.fileno(), SIZE, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    try:
+        assert view[:] == path.read_bytes()
+        assert resident(path) == SIZE
+        assert release_read_only_pages() >= SIZE
+        assert resident(path) == 0
+        assert view[:] == path.read_bytes()
+    finally:
+        view.close()
+
+
+def test_writable_mappings_are_not_read_only_pages(mapped: tuple[Path, mmap.mmap]) -> None:
+    """Another thread could write to them between the check and the drop."""
+    path, _ = mapped
+    release_read_only_pages()
+    assert resident(path) == SIZE
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_loading_leaves_little_library_code_resident_and_answers_the_same(
+    smollm2_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = smollm2_bundle("int4").resolve()
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    prompt = list(range(200, 260))
+
+    def runtime_code() -> int:
+        return sum(m.rss for m in mappings() if m.read_only and "onnxruntime" in m.path)
+
+    released = load_engine(bundle, EngineOptions(threads=2))
+    after_load = runtime_code()
+    answer = released.generate_ids(prompt, params).token_ids
+    assert runtime_code() > after_load, "what an answer runs comes back on first touch"
+    del released
+
+    monkeypatch.setattr(loader_module, "release_read_only_pages", lambda: 0)
+    kept = load_engine(bundle, EngineOptions(threads=2))
+    # Parsing and optimizing the graph alone leave more than 10 MB of the runtime's code.
+    assert runtime_code() - after_load > 10 * 2**20
     assert kept.generate_ids(prompt, params).token_ids == answer
 
 
