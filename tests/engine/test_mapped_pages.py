@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from edge_runtime.engine import loader as loader_module
 from edge_runtime.engine.mapped_pages import (
     mappings,
     read_on_demand,
+    reclaiming,
     release_file_pages,
     release_read_only_pages,
 )
@@ -85,6 +89,7 @@ def test_the_loaded_model_keeps_no_file_pages_and_answers_the_same(
     del released
 
     monkeypatch.setattr(loader_module, "release_file_pages", lambda folders: 0)
+    monkeypatch.setattr(loader_module, "reclaiming", lambda folders: contextlib.nullcontext())
     kept = load_engine(bundle, EngineOptions(threads=2))
     # The scales of SmolLM2's int4 weights alone are 16 MB.
     assert bundle_rss() - after_load > 10 * 2**20
@@ -171,6 +176,44 @@ def _in_memory_filesystem(path: Path) -> bool:
         if len(fields) > 2 and str(path).startswith(fields[1]) and len(fields[1]) > len(best):
             best, kind = fields[1], fields[2]
     return kind in ("tmpfs", "ramfs")
+
+
+@pytest.mark.parametrize("reclaim", [True, False])
+def test_pages_read_meanwhile_are_reclaimed(tmp_path: Path, reclaim: bool) -> None:
+    """A file mapped and read piece by piece, as ONNX Runtime reads initializers while it
+    creates a session, does not stay resident while the body runs."""
+    if _in_memory_filesystem(tmp_path):
+        pytest.skip("a tmpfs file's pages stay in the page cache")
+    chunk, chunks = 2**20, 24
+    path = tmp_path / "weights.bin"
+    content = os.urandom(chunk * chunks)
+    path.write_bytes(content)  # still dirty in the page cache, as right after a conversion
+    read: list[bytes] = []
+    with path.open("rb") as f:
+        view = mmap.mmap(f.fileno(), len(content), flags=mmap.MAP_PRIVATE,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    guard = reclaiming([tmp_path], every_s=0.01) if reclaim else contextlib.nullcontext()
+    try:
+        with guard:
+            for i in range(chunks):
+                read.append(view[i * chunk : (i + 1) * chunk])
+                time.sleep(0.01)
+            time.sleep(0.05)
+            left = resident(path)
+        assert b"".join(read) == content
+        assert view[:] == content
+    finally:
+        view.close()
+    if reclaim:
+        assert left < 4 * chunk
+    else:
+        assert left == len(content)
+
+
+def test_reclaiming_stops_with_the_body(tmp_path: Path) -> None:
+    with reclaiming([tmp_path], every_s=0.01):
+        assert any(t.name == "edge-runtime-reclaim" for t in threading.enumerate())
+    assert not any(t.name == "edge-runtime-reclaim" for t in threading.enumerate())
 
 
 def test_a_table_read_on_demand_takes_a_page_per_read(tmp_path: Path) -> None:
