@@ -9,6 +9,9 @@ is read again comes back from the page cache with the file's contents. ONNX Runt
 files writable (copy-on-write), so only mappings with no private copy of any page (smaps'
 ``Anonymous: 0``) are released: there, nothing differs from the file and nothing is lost.
 
+While the session is being created, :func:`reclaiming` reclaims those pages every 20 ms,
+so that they do not pile up under the loading peak.
+
 A table that a gather node reads a row at a time (the embedding) stays mapped and is read
 as tokens arrive. On such a fault Linux also maps the neighbouring pages that are in the page
 cache ("fault-around", 64 KB), and reads ahead around it: each new token made 64 KB resident
@@ -137,7 +140,9 @@ def reclaiming(folders: Sequence[Path], every_s: float = 0.02) -> Iterator[None]
     each external initializer, repacks it and keeps the mapping of those it still refers to,
     so without this the pages it has read pile up until the session exists (110 MB of
     Qwen2.5-0.5B's 339 MB bundle). ``MADV_PAGEOUT`` hands back what is resident and never
-    discards data: a page copied on write stays. A page read again comes from storage.
+    discards data: a page copied on write stays, and should a range have been unmapped and
+    reused since ``/proc`` was read, its pages are at worst swapped out (``MADV_DONTNEED``
+    would zero them). A page read again comes from storage.
     """
     roots = tuple(f"{folder.resolve()}/" for folder in folders)
     stop = threading.Event()
