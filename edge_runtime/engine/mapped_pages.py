@@ -44,6 +44,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MAPS = Path("/proc/self/smaps")
-RANGES = Path("/proc/self/maps")  # the same mappings without page counts, read in a blink
+RANGES = Path("/proc/self/maps")  # the same mappings without page counts: quick to read
 _MADV_RANDOM, _MADV_DONTNEED, _MADV_PAGEOUT = 1, 4, 21
 _FOLIO = 2 << 20
 _SYNC_WRITE_AND_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
@@ -92,13 +93,12 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
-def mappings(source: Path = MAPS) -> list[Mapping]:
-    """Return this process's file mappings with their resident and copied-on-write bytes
-    (zero when ``source`` is :data:`RANGES`)."""
+def mappings() -> list[Mapping]:
+    """Return this process's file mappings with their resident and copied-on-write bytes."""
     found: list[Mapping] = []
     current: dict[str, object] | None = None
     try:
-        lines = source.read_text().splitlines()
+        lines = MAPS.read_text().splitlines()
     except OSError:  # not Linux
         return []
     for line in lines:
@@ -148,9 +148,13 @@ def reclaiming(folders: Sequence[Path], every_s: float = 0.02) -> Iterator[None]
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(every_s):
+        wait = every_s
+        while not stop.wait(wait):
+            started = time.monotonic()
             if not _page_out(roots):
                 return
+            # At most a fifth of a core, however slow the board or long the creation.
+            wait = max(every_s, 4 * (time.monotonic() - started))
 
     thread = threading.Thread(target=loop, name="edge-runtime-reclaim", daemon=True)
     thread.start()
@@ -164,10 +168,18 @@ def reclaiming(folders: Sequence[Path], every_s: float = 0.02) -> Iterator[None]
 def _page_out(roots: tuple[str, ...]) -> bool:
     """Reclaim the mapped pages of files under ``roots`` (folder paths ending in ``/``);
     False where the kernel cannot."""
-    for m in mappings(RANGES):
-        if m.perms[3] != "p" or not m.path.startswith(roots):
+    try:
+        lines = RANGES.read_text().splitlines()
+    except OSError:  # not Linux
+        return False
+    for line in lines:
+        if not any(root in line for root in roots):  # most lines: cheaper than splitting
             continue
-        if _libc().madvise(m.start, m.end - m.start, _MADV_PAGEOUT) == 0:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[1][3] != "p" or not fields[5].startswith(roots):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if _libc().madvise(start, end - start, _MADV_PAGEOUT) == 0:
             continue
         # ENOMEM: unmapped since /proc was read (ONNX Runtime unmaps a tensor once repacked)
         if ctypes.get_errno() == errno.EINVAL:  # before Linux 5.4

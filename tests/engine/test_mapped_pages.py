@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
+from edge_runtime.engine import EngineOptions, SamplingParams, load_engine, mapped_pages
 from edge_runtime.engine import loader as loader_module
 from edge_runtime.engine.mapped_pages import (
     mappings,
@@ -217,6 +217,26 @@ def test_pages_read_meanwhile_are_reclaimed(tmp_path: Path, reclaim: bool) -> No
         assert left < 4 * chunk
     else:
         assert left == len(content)
+
+
+def test_reclaiming_takes_at_most_a_fifth_of_a_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a slow board a tick can take longer than the interval; the thread then waits
+    four times as long as the tick took."""
+    ticks: list[float] = []
+
+    def slow_tick(roots: tuple[str, ...]) -> bool:
+        ticks.append(time.monotonic())
+        time.sleep(0.02)
+        return True
+
+    monkeypatch.setattr(mapped_pages, "_page_out", slow_tick)
+    with reclaiming([tmp_path], every_s=0.001):
+        time.sleep(0.5)
+    busy = 0.02 * len(ticks)
+    assert 2 <= len(ticks) <= 7, ticks  # back to back, 0.5 s would hold about 25
+    assert busy <= 0.5 * 0.3
 
 
 def test_reclaiming_stops_with_the_body(tmp_path: Path) -> None:
