@@ -15,7 +15,6 @@ from edge_runtime.engine.engine import LoadReport, OnnxEngine
 from edge_runtime.engine.mapped_pages import (
     mappings,
     read_on_demand,
-    reclaiming,
     release_file_pages,
     release_read_only_pages,
     trim_heap,
@@ -56,12 +55,9 @@ def _template(root: Path, manifest: Manifest, tokenizer: Tokenizer) -> ChatTempl
     )
 
 
-def _model_folders(root: Path, options: EngineOptions) -> list[Path]:
-    return [root, *([Path(options.optimized_model_dir)] if options.optimized_model_dir else [])]
-
-
 def _release_model_pages(root: Path, options: EngineOptions, model_path: Path) -> None:
-    released = release_file_pages(_model_folders(root, options))
+    folders = [root, *([Path(options.optimized_model_dir)] if options.optimized_model_dir else [])]
+    released = release_file_pages(folders)
     log.info("gave back %.1f MB of mapped model pages", released / 2**20)
     try:
         spans = gathered_spans(model_path)
@@ -100,10 +96,9 @@ def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) ->
     model_sha = manifest.files[manifest.model_file].sha256
     # Code that imports and hashing used, dropped now so it does not add to the session's peak.
     _release_library_pages()
-    with reclaiming(_model_folders(root, options)):
-        session, model_path, cache_hit = create_session(
-            root / manifest.model_file, model_sha, plan, options
-        )
+    session, model_path, cache_hit = create_session(
+        root / manifest.model_file, model_sha, plan, options
+    )
     _release_model_pages(root, options, model_path)
     # After the session, not before: the tokenizer's parse frees tens of MB (54 for Qwen2.5)
     # that would sit under ONNX Runtime's peak; here they are handed back before serving.

@@ -9,9 +9,6 @@ is read again comes back from the page cache with the file's contents. ONNX Runt
 files writable (copy-on-write), so only mappings with no private copy of any page (smaps'
 ``Anonymous: 0``) are released: there, nothing differs from the file and nothing is lost.
 
-While the session is being created, :func:`reclaiming` reclaims those pages every 20 ms,
-so that they do not pile up under the loading peak.
-
 A table that a gather node reads a row at a time (the embedding) stays mapped and is read
 as tokens arrive. On such a fault Linux also maps the neighbouring pages that are in the page
 cache ("fault-around", 64 KB), and reads ahead around it: each new token made 64 KB resident
@@ -35,25 +32,20 @@ for later allocations.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
-import errno
 import functools
 import logging
 import mmap
 import os
-import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 MAPS = Path("/proc/self/smaps")
-RANGES = Path("/proc/self/maps")  # the same mappings without page counts: quick to read
-_MADV_RANDOM, _MADV_DONTNEED, _MADV_PAGEOUT = 1, 4, 21
+_MADV_RANDOM, _MADV_DONTNEED = 1, 4
 _FOLIO = 2 << 20
 _SYNC_WRITE_AND_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
 
@@ -131,68 +123,13 @@ def release_file_pages(folders: Sequence[Path]) -> int:
     return _drop(m for m in mappings() if m.same_as_file and under(m, roots))
 
 
-@contextlib.contextmanager
-def reclaiming(folders: Sequence[Path], every_s: float = 0.02) -> Iterator[None]:
-    """While the body runs, reclaim every ``every_s`` seconds the pages of files under
-    ``folders`` that this process maps privately.
-
-    For the creation of an ONNX Runtime session, which releases the GIL meanwhile: it maps
-    each external initializer, repacks it and keeps the mapping of those it still refers to,
-    so without this the pages it has read pile up until the session exists (110 MB of
-    Qwen2.5-0.5B's 339 MB bundle). ``MADV_PAGEOUT`` hands back what is resident and never
-    discards data: a page copied on write stays, and should a range have been unmapped and
-    reused since ``/proc`` was read, its pages are at worst swapped out (``MADV_DONTNEED``
-    would zero them). A page read again comes from storage.
-    """
-    roots = tuple(f"{folder.resolve()}/" for folder in folders)
-    stop = threading.Event()
-
-    def loop() -> None:
-        wait = every_s
-        while not stop.wait(wait):
-            started = time.monotonic()
-            if not _page_out(roots):
-                return
-            # At most a fifth of a core, however slow the board or long the creation.
-            wait = max(every_s, 4 * (time.monotonic() - started))
-
-    thread = threading.Thread(target=loop, name="edge-runtime-reclaim", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _page_out(roots: tuple[str, ...]) -> bool:
-    """Reclaim the mapped pages of files under ``roots`` (folder paths ending in ``/``);
-    False where the kernel cannot."""
-    try:
-        lines = RANGES.read_text().splitlines()
-    except OSError:  # not Linux
-        return False
-    for line in lines:
-        if not any(root in line for root in roots):  # most lines: cheaper than splitting
-            continue
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6 or fields[1][3] != "p" or not fields[5].startswith(roots):
-            continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        if _libc().madvise(start, end - start, _MADV_PAGEOUT) == 0:
-            continue
-        # ENOMEM: unmapped since /proc was read (ONNX Runtime unmaps a tensor once repacked)
-        if ctypes.get_errno() == errno.EINVAL:  # before Linux 5.4
-            log.debug("MADV_PAGEOUT is not supported here")
-            return False
-    return True
-
-
 def release_read_only_pages() -> int:
     """Drop the resident pages of every unwritten private mapping that cannot be written.
 
     That is the code and read-only data of Python, its extension modules and the shared
-    libraries. Returns how many bytes were resident in them before.
+    libraries. Returns how many bytes were resident in them before. Call it while no other
+    thread unmaps files (the loader does, before and after creating the session): a range
+    unmapped and reused between the read of smaps and the advice would be zeroed.
     """
     return _drop(m for m in mappings() if m.read_only and m.same_as_file)
 

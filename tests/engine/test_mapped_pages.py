@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from edge_runtime.engine import EngineOptions, SamplingParams, load_engine, mapped_pages
+from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
 from edge_runtime.engine import loader as loader_module
 from edge_runtime.engine.mapped_pages import (
     mappings,
     read_on_demand,
-    reclaiming,
     release_file_pages,
     release_read_only_pages,
 )
@@ -104,7 +100,6 @@ def test_the_loaded_model_keeps_no_file_pages_and_answers_the_same(
 
     after_load, after_answer, kept = _released_then_kept(bundle, monkeypatch, bundle_rss, {
         "release_file_pages": lambda folders: 0,
-        "reclaiming": lambda folders: contextlib.nullcontext(),
     })
     assert after_answer < 2 * 2**20, "the kernels read the released pages back"
     # The scales of SmolLM2's int4 weights alone are 16 MB.
@@ -184,65 +179,6 @@ def _in_memory_filesystem(path: Path) -> bool:
         if len(fields) > 2 and str(path).startswith(fields[1]) and len(fields[1]) > len(best):
             best, kind = fields[1], fields[2]
     return kind in ("tmpfs", "ramfs")
-
-
-@pytest.mark.parametrize("reclaim", [True, False])
-def test_pages_read_meanwhile_are_reclaimed(tmp_path: Path, reclaim: bool) -> None:
-    """A file mapped and read piece by piece, as ONNX Runtime reads initializers while it
-    creates a session, does not stay resident while the body runs."""
-    if _in_memory_filesystem(tmp_path):
-        pytest.skip("a tmpfs file's pages stay in the page cache")
-    chunk, chunks = 2**20, 24
-    path = tmp_path / "weights.bin"
-    content = os.urandom(chunk * chunks)
-    path.write_bytes(content)  # still dirty in the page cache, as right after a conversion
-    read: list[bytes] = []
-    with path.open("rb") as f:
-        view = mmap.mmap(f.fileno(), len(content), flags=mmap.MAP_PRIVATE,
-                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    guard = reclaiming([tmp_path], every_s=0.01) if reclaim else contextlib.nullcontext()
-    try:
-        with guard:
-            for i in range(chunks):
-                read.append(view[i * chunk : (i + 1) * chunk])
-                time.sleep(0.01)
-            deadline = time.monotonic() + 1.0  # a few ticks, even on a busy machine
-            while (left := resident(path)) >= 4 * chunk and reclaim and time.monotonic() < deadline:
-                time.sleep(0.02)
-        assert b"".join(read) == content
-        assert view[:] == content
-    finally:
-        view.close()
-    if reclaim:
-        assert left < 4 * chunk
-    else:
-        assert left == len(content)
-
-
-def test_reclaiming_takes_at_most_a_fifth_of_a_core(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On a slow board a tick can take longer than the interval; the thread then waits
-    four times as long as the tick took."""
-    ticks: list[float] = []
-
-    def slow_tick(roots: tuple[str, ...]) -> bool:
-        ticks.append(time.monotonic())
-        time.sleep(0.02)
-        return True
-
-    monkeypatch.setattr(mapped_pages, "_page_out", slow_tick)
-    with reclaiming([tmp_path], every_s=0.001):
-        time.sleep(0.5)
-    busy = 0.02 * len(ticks)
-    assert 2 <= len(ticks) <= 7, ticks  # back to back, 0.5 s would hold about 25
-    assert busy <= 0.5 * 0.3
-
-
-def test_reclaiming_stops_with_the_body(tmp_path: Path) -> None:
-    with reclaiming([tmp_path], every_s=0.01):
-        assert any(t.name == "edge-runtime-reclaim" for t in threading.enumerate())
-    assert not any(t.name == "edge-runtime-reclaim" for t in threading.enumerate())
 
 
 def test_a_table_read_on_demand_takes_a_page_per_read(tmp_path: Path) -> None:
