@@ -114,13 +114,15 @@ def under(mapping: Mapping, folders: Iterable[Path]) -> bool:
     return any(Path(mapping.path).is_relative_to(folder) for folder in folders)
 
 
-def release_file_pages(folders: Sequence[Path]) -> int:
+def release_file_pages(folders: Sequence[Path], maps: Sequence[Mapping] | None = None) -> int:
     """Drop the resident pages of unwritten private mappings of files under ``folders``.
 
-    Returns how many bytes were resident in them before.
+    ``maps`` is read from ``/proc`` when not given. Returns how many bytes were resident in
+    them before.
     """
     roots = [folder.resolve() for folder in folders]
-    return _drop(m for m in mappings() if m.same_as_file and under(m, roots))
+    return _drop(m for m in (mappings() if maps is None else maps)
+                 if m.same_as_file and under(m, roots))
 
 
 def release_read_only_pages() -> int:
