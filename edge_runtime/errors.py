@@ -50,12 +50,6 @@ class Expired(EdgeRuntimeError):
     code = "expired"
 
 
-class Cancelled(EdgeRuntimeError):
-    """The request was cancelled by its sender."""
-
-    code = "cancelled"
-
-
 class ModelUnavailable(EdgeRuntimeError):
     """The model named is unknown, or could not be loaded."""
 
@@ -97,13 +91,27 @@ class ProviderUnavailable(ModelUnavailable):
     """An execution provider was required by the config but is not available here."""
 
 
-ERROR_CODES: tuple[str, ...] = (
-    "bad_request",
-    "context_length_exceeded",
-    "busy",
-    "expired",
-    "cancelled",
-    "model_unavailable",
-    "shutting_down",
-    "internal",
-)
+_FOREIGN_MESSAGE_CHARS = 300
+
+
+def as_error(exc: BaseException, context: str) -> EdgeRuntimeError:
+    """Map any exception to ours: our own pass through, the rest become ``internal``.
+
+    The one place where errors from libraries (onnxruntime, numpy, tokenizers) get a code.
+    """
+    if isinstance(exc, EdgeRuntimeError):
+        return exc
+    detail = str(exc)[:_FOREIGN_MESSAGE_CHARS]
+    return InternalError(f"{context}: {type(exc).__name__}{': ' + detail if detail else ''}")
+
+
+def error_codes() -> tuple[str, ...]:
+    """Return every code an error reply can carry, in the order the classes are declared."""
+    codes: list[str] = []
+    pending: list[type[EdgeRuntimeError]] = [EdgeRuntimeError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.code not in codes:
+            codes.append(cls.code)
+        pending += cls.__subclasses__()
+    return tuple(codes)

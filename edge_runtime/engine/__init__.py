@@ -3,28 +3,27 @@
 from edge_runtime.engine.engine import LoadReport, OnnxEngine
 from edge_runtime.engine.loader import load_engine
 from edge_runtime.engine.options import EngineOptions
+from edge_runtime.engine.request import GenerationRequest, Message, Sampling, parse_request
 from edge_runtime.engine.types import (
-    ChatMessage,
     Engine,
     FinishReason,
     GenerationResult,
-    Prompt,
-    SamplingParams,
     Timings,
     Usage,
 )
 
 __all__ = [
-    "ChatMessage",
     "Engine",
     "EngineOptions",
     "FinishReason",
+    "GenerationRequest",
     "GenerationResult",
     "LoadReport",
+    "Message",
     "OnnxEngine",
-    "Prompt",
-    "SamplingParams",
+    "Sampling",
     "Timings",
     "Usage",
     "load_engine",
+    "parse_request",
 ]

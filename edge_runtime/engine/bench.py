@@ -14,7 +14,8 @@ from pathlib import Path
 from edge_runtime.engine.engine import OnnxEngine
 from edge_runtime.engine.loader import load_engine
 from edge_runtime.engine.options import EngineOptions
-from edge_runtime.engine.types import GenerationResult, SamplingParams
+from edge_runtime.engine.request import Sampling
+from edge_runtime.engine.types import GenerationResult
 from edge_runtime.errors import BadRequest
 
 _FILLER = (
@@ -98,7 +99,7 @@ def _figures(result: GenerationResult) -> RunFigures:
 
 def run_once(engine: OnnxEngine, ids: list[int], new_tokens: int) -> RunFigures:
     """Generate ``new_tokens`` greedily after ``ids`` and return the figures."""
-    params = SamplingParams(max_tokens=new_tokens, temperature=0.0)
+    params = Sampling(max_tokens=new_tokens, temperature=0.0)
     return _figures(engine.generate_ids(ids, params, ignore_eos=True))
 
 

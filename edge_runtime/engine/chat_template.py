@@ -10,7 +10,7 @@ values passed in. The variables offered are the usual Hugging Face ones: ``messa
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,7 +19,6 @@ from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from edge_runtime.engine.types import ChatMessage
 from edge_runtime.errors import BadRequest, BundleError
 
 
@@ -68,7 +67,9 @@ class ChatTemplate:
             raise BundleError(f"cannot read chat template ({exc})", path) from exc
         return cls(source, bos_token=bos_token, eos_token=eos_token)
 
-    def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
+    def render(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+    ) -> str:
         """Return the prompt text for ``messages``.
 
         Raises :class:`BadRequest` when the template refuses the messages, and

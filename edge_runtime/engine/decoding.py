@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.engine.defaults import ResolvedParams
+from edge_runtime.engine.defaults import Resolved
 from edge_runtime.engine.sampling import Sampler
 from edge_runtime.engine.stop import StopMatcher
 from edge_runtime.engine.tokenizer import Tokenizer
@@ -44,7 +44,7 @@ class Decoding:
         self,
         tokenizer: Tokenizer,
         prompt_ids: Sequence[int],
-        params: ResolvedParams,
+        params: Resolved,
         *,
         eos_ids: Collection[int],
         max_new_tokens: int,

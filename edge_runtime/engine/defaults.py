@@ -1,46 +1,45 @@
-"""Merge a request's sampling settings with the bundle's generation defaults, and check them."""
+"""The bundle's generation defaults, and the one place a request's ``None`` fields are decided."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from edge_runtime.engine.request import Sampling
 from edge_runtime.engine.sampling import SamplerConfig
-from edge_runtime.engine.types import SamplingParams
-from edge_runtime.errors import BadRequest, BundleError
+from edge_runtime.errors import BundleError
 
 DEFAULT_MAX_TOKENS = 256
-_FLOAT_KEYS = ("temperature", "top_p", "min_p", "repetition_penalty")
+_SAMPLER_FIELDS = tuple(f.name for f in dataclasses.fields(SamplerConfig))
 
 
 @dataclass(frozen=True)
 class GenerationDefaults:
     """What ``generation.json`` says (Hugging Face ``generation_config`` names accepted)."""
 
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     max_tokens: int = DEFAULT_MAX_TOKENS
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationDefaults:
-        values: dict[str, Any] = {}
-        for key in _FLOAT_KEYS:
-            if isinstance(data.get(key), int | float):
-                values[key] = float(data[key])
-        if isinstance(data.get("top_k"), int):
-            values["top_k"] = int(data["top_k"])
-        limit = data.get("max_tokens", data.get("max_new_tokens"))
-        if isinstance(limit, int) and limit > 0:
-            values["max_tokens"] = limit
+        """Read the sampler's fields by name; values the request model would refuse are errors."""
+        values = {k: data[k] for k in _SAMPLER_FIELDS if k != "seed" and data.get(k) is not None}
         if data.get("do_sample") is False:
             values["temperature"] = 0.0
-        return cls(**values)
+        values = {k: float(v) if isinstance(v, int) and k != "top_k" else v
+                  for k, v in values.items()}
+        limit = data.get("max_tokens", data.get("max_new_tokens"))
+        try:
+            Sampling.model_validate(values)
+        except ValidationError as exc:
+            raise BundleError(f"generation defaults refused: {exc.errors()[0]['msg']}") from None
+        max_tokens = limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_TOKENS
+        return cls(SamplerConfig(**values), max_tokens)
 
     @classmethod
     def from_file(cls, path: Path) -> GenerationDefaults:
@@ -56,7 +55,7 @@ class GenerationDefaults:
 
 
 @dataclass(frozen=True)
-class ResolvedParams:
+class Resolved:
     """Everything one generation needs, every value decided."""
 
     sampler: SamplerConfig
@@ -64,46 +63,12 @@ class ResolvedParams:
     stop: tuple[str, ...]
 
 
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def resolve(params: SamplingParams, defaults: GenerationDefaults) -> ResolvedParams:
-    """Fill ``None`` fields from ``defaults``; raise :class:`BadRequest` for bad values."""
-    config = SamplerConfig(
-        temperature=float(_pick(params.temperature, defaults.temperature)),
-        top_k=int(_pick(params.top_k, defaults.top_k)),
-        top_p=float(_pick(params.top_p, defaults.top_p)),
-        min_p=float(_pick(params.min_p, defaults.min_p)),
-        repetition_penalty=float(_pick(params.repetition_penalty, defaults.repetition_penalty)),
-        seed=params.seed,
-    )
-    max_tokens = int(_pick(params.max_tokens, defaults.max_tokens))
-    _check(config, max_tokens)
-    if any(not isinstance(s, str) for s in params.stop):
-        raise BadRequest("stop must be a list of strings")
-    return ResolvedParams(config, max_tokens, tuple(s for s in params.stop if s))
-
-
-def _check(config: SamplerConfig, max_tokens: int) -> None:
-    problems = [
-        f"{name} must be a finite number"
-        for name in _FLOAT_KEYS
-        if not math.isfinite(getattr(config, name))
-    ]
-    if max_tokens < 1:
-        problems.append(f"max_tokens must be at least 1 (got {max_tokens})")
-    if config.temperature < 0:
-        problems.append(f"temperature must be 0 or more (got {config.temperature})")
-    if not 0.0 < config.top_p <= 1.0:
-        problems.append(f"top_p must be in (0, 1] (got {config.top_p})")
-    if config.top_k < 0:
-        problems.append(f"top_k must be 0 (off) or more (got {config.top_k})")
-    if not 0.0 <= config.min_p <= 1.0:
-        problems.append(f"min_p must be in [0, 1] (got {config.min_p})")
-    if config.repetition_penalty <= 0:
-        problems.append(f"repetition_penalty must be above 0 (got {config.repetition_penalty})")
-    if config.seed is not None and config.seed < 0:
-        problems.append(f"seed must be 0 or more (got {config.seed})")
-    if problems:
-        raise BadRequest("; ".join(problems))
+def resolve(request: Sampling, defaults: GenerationDefaults) -> Resolved:
+    """Take each sampler field from ``request``, or from ``defaults`` where it is ``None``."""
+    sampler = SamplerConfig(**{
+        name: getattr(defaults.sampler, name) if getattr(request, name) is None
+        else getattr(request, name)
+        for name in _SAMPLER_FIELDS
+    })
+    max_tokens = defaults.max_tokens if request.max_tokens is None else request.max_tokens
+    return Resolved(sampler, max_tokens, tuple(request.stop))

@@ -1,38 +1,27 @@
-"""The ONNX Runtime engine: one loaded bundle, one generation at a time."""
+"""The ONNX Runtime engine: one loaded bundle and the scheduler that generates with it."""
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from collections.abc import Sequence as Ids
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from edge_runtime import __version__
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.decoding import Decoding
 from edge_runtime.engine.defaults import GenerationDefaults, resolve
-from edge_runtime.engine.prompt import PromptEngine, encode_prompt
-from edge_runtime.engine.runners import DecoderRunner
+from edge_runtime.engine.prompt import encode_request
+from edge_runtime.engine.request import GenerationRequest, Sampling
+from edge_runtime.engine.runners import KvSlots
+from edge_runtime.engine.runners.single import SingleSequence
+from edge_runtime.engine.scheduler import Scheduler, SchedulerCounters
+from edge_runtime.engine.sequence import Clock, Sequence, now, pieces, relay
 from edge_runtime.engine.tokenizer import Tokenizer
-from edge_runtime.engine.types import (
-    DeltaCallback,
-    FinishReason,
-    GenerationResult,
-    Prompt,
-    SamplingParams,
-    Timings,
-    Usage,
-)
-from edge_runtime.errors import ContextLengthExceeded, EdgeRuntimeError, InternalError
-
-log = logging.getLogger(__name__)
-
-_Run = Generator[str, None, GenerationResult]
+from edge_runtime.engine.types import DeltaCallback, GenerationResult
+from edge_runtime.errors import ContextLengthExceeded
 
 
 @dataclass(frozen=True)
@@ -45,30 +34,15 @@ class LoadReport:
     threads: int
 
 
-@dataclass
-class _Clock:
-    """Timestamps of one generation (``time.perf_counter`` seconds)."""
-
-    called: float
-    queued_s: float = 0.0
-    prefill_s: float = 0.0
-    first_token: float = 0.0
-    last_token: float = 0.0
-
-    def timings(self) -> Timings:
-        first = max(self.first_token - self.called - self.queued_s, 0.0)
-        decode = max(self.last_token - self.first_token, 0.0)
-        return Timings(self.queued_s, self.prefill_s, decode, first)
-
-
-class OnnxEngine(PromptEngine):
-    """A loaded bundle. Thread-safe: concurrent calls wait their turn on one lock."""
+class OnnxEngine:
+    """A loaded bundle. Thread-safe: calls from several threads share the scheduler's slots."""
 
     def __init__(
         self,
         bundle_dir: Path,
         manifest: Manifest,
-        runner: DecoderRunner,
+        new_slots: Callable[[int], KvSlots],
+        capacity: int,
         tokenizer: Tokenizer,
         template: ChatTemplate | None,
         defaults: GenerationDefaults,
@@ -76,16 +50,25 @@ class OnnxEngine(PromptEngine):
     ) -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
-        self.runner = runner
         self.tokenizer = tokenizer
         self.template = template
         self.defaults = defaults
         self.report = report
-        self._lock = threading.Lock()
+        self.new_slots = new_slots
+        """Build ``n`` more KV slots on the same session (their own caches)."""
+        self.scheduler = Scheduler(new_slots(capacity))
+
+    @property
+    def capacity(self) -> int:
+        return self.scheduler.capacity
+
+    @property
+    def counters(self) -> SchedulerCounters:
+        return self.scheduler.counters
 
     @property
     def context_length(self) -> int:
-        return self.runner.max_length
+        return self.scheduler.slots.max_length
 
     @property
     def info(self) -> dict[str, object]:
@@ -101,50 +84,68 @@ class OnnxEngine(PromptEngine):
             "provider": self.report.providers[0],
             "providers": list(self.report.providers),
             "threads": self.report.threads,
+            "max_batch": self.capacity,
             "load_s": round(self.report.load_s, 3),
             "runtime_version": __version__,
         }
 
-    def encode(self, prompt: Prompt, *, chat: bool = True) -> list[int]:
-        """Return the token ids ``generate`` would feed for ``prompt``."""
-        return encode_prompt(prompt, chat=chat, template=self.template, tokenizer=self.tokenizer)
+    def encode(self, request: GenerationRequest) -> list[int]:
+        """Return the token ids ``generate`` would feed for ``request``."""
+        return encode_request(request, template=self.template, tokenizer=self.tokenizer)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        cancel: threading.Event | None = None,
+        on_delta: DeltaCallback | None = None,
+        queued_since: float | None = None,
+    ) -> GenerationResult:
+        """Generate an answer (see :class:`edge_runtime.engine.types.Engine`)."""
+        submitted = now() if queued_since is None else queued_since
+        ids = self.encode(request)
+        return relay(self._submit(ids, request, cancel, submitted), on_delta)
 
     def stream(
-        self,
-        prompt: Prompt,
-        params: SamplingParams,
-        *,
-        chat: bool = True,
-        cancel: threading.Event | None = None,
+        self, request: GenerationRequest, *, cancel: threading.Event | None = None
     ) -> Iterator[str]:
-        """Return an iterator of text pieces as they are decided; close it to stop early.
+        """Return an iterator of text pieces; closing it early cancels the generation.
 
-        Bad prompts and over-long prompts raise here, before the iterator is returned.
+        Bad and over-long prompts raise here, before the iterator is returned.
         """
-        called = time.perf_counter()
-        ids = self.encode(prompt, chat=chat)
-        return self._run(ids, self.start(ids, params), cancel, called)
+        submitted = now()
+        return pieces(self._submit(self.encode(request), request, cancel, submitted))
 
     def generate_ids(
         self,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
+        prompt_ids: Ids[int],
+        sampling: Sampling,
         *,
         cancel: threading.Event | None = None,
         on_delta: DeltaCallback | None = None,
         ignore_eos: bool = False,
-        _called: float | None = None,
     ) -> GenerationResult:
         """Generate from token ids; ``ignore_eos`` keeps going to ``max_tokens`` (benchmarks)."""
-        called = time.perf_counter() if _called is None else _called
-        decoding = self.start(prompt_ids, params, ignore_eos=ignore_eos)
-        run = self._run(prompt_ids, decoding, cancel, called)
-        return _drive(run, on_delta)
+        sequence = self._submit(list(prompt_ids), sampling, cancel, now(), ignore_eos=ignore_eos)
+        return relay(sequence, on_delta)
 
-    def start(
-        self, prompt_ids: Sequence[int], params: SamplingParams, *, ignore_eos: bool = False
-    ) -> Decoding:
-        """Check ``prompt_ids`` fit the context and return a fresh decoding state for them."""
+    def single_sequence(self) -> SingleSequence:
+        """Return a sequence driven directly, beside the scheduler, for scoring and checks."""
+        return SingleSequence(self.new_slots(1))
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+    def _submit(
+        self,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        cancel: threading.Event | None,
+        submitted: float,
+        *,
+        ignore_eos: bool = False,
+    ) -> Sequence:
+        """Check the prompt fits, build its decoding state and hand it to the scheduler."""
         limit = self.context_length
         if len(prompt_ids) >= limit:
             raise ContextLengthExceeded(
@@ -153,9 +154,9 @@ class OnnxEngine(PromptEngine):
                 f"prompt is {len(prompt_ids)} tokens; the model's context holds {limit} "
                 f"(prompt and answer together), so the prompt must be under {limit} tokens",
             )
-        resolved = resolve(params, self.defaults)
+        resolved = resolve(sampling, self.defaults)
         arch = self.manifest.architecture
-        return Decoding(
+        decoding = Decoding(
             self.tokenizer,
             prompt_ids,
             resolved,
@@ -164,80 +165,6 @@ class OnnxEngine(PromptEngine):
             vocab_size=arch.vocab_size,
             ignore_eos=ignore_eos,
         )
-
-    def _run(
-        self,
-        prompt_ids: Sequence[int],
-        decoding: Decoding,
-        cancel: threading.Event | None,
-        called: float,
-    ) -> _Run:
-        waited = time.perf_counter()
-        with self._lock:
-            clock = _Clock(called=called, queued_s=time.perf_counter() - waited)
-            yield from self._decode(prompt_ids, decoding, cancel, clock)
-            return GenerationResult(
-                text=decoding.text,
-                finish_reason=decoding.finish or FinishReason.STOP,
-                usage=Usage(len(prompt_ids), decoding.completion_tokens),
-                timings=clock.timings(),
-                token_ids=tuple(decoding.tokens),
-            )
-
-    def _decode(
-        self,
-        prompt_ids: Sequence[int],
-        decoding: Decoding,
-        cancel: threading.Event | None,
-        clock: _Clock,
-    ) -> Generator[str, None, None]:
-        cancelled = cancel.is_set if cancel is not None else _never
-        if cancelled():
-            decoding.stop(FinishReason.CANCELLED)
-            return
-        self.runner.reset(len(prompt_ids) + decoding.max_new_tokens)
-        start = time.perf_counter()
-        logits = self._forward(np.asarray(prompt_ids, dtype=np.int64))
-        clock.prefill_s = time.perf_counter() - start
-        while True:
-            step = decoding.step(logits)
-            clock.last_token = time.perf_counter()
-            if not clock.first_token:
-                clock.first_token = clock.last_token
-            if step.delta:
-                yield step.delta
-            if step.finished:
-                return
-            if cancelled():
-                if tail := decoding.stop(FinishReason.CANCELLED):
-                    yield tail
-                return
-            logits = self._forward(np.array([step.token], dtype=np.int64))
-
-    def _forward(self, ids: np.ndarray) -> np.ndarray:
-        try:
-            return self.runner.forward(ids)
-        except EdgeRuntimeError:
-            raise
-        except Exception as exc:  # onnxruntime raises untyped errors
-            log.exception("model run failed")
-            raise InternalError(f"model run failed: {exc}") from exc
-
-
-def _never() -> bool:
-    return False
-
-
-def _drive(run: _Run, on_delta: Callable[[str], None] | None) -> GenerationResult:
-    """Run a generation to its end, passing each piece to ``on_delta``."""
-    try:
-        while True:
-            try:
-                delta = next(run)
-            except StopIteration as done:
-                result: GenerationResult = done.value
-                return result
-            if on_delta is not None:
-                on_delta(delta)
-    finally:
-        run.close()
+        sequence = Sequence(prompt_ids, decoding, Clock(submitted), cancel)
+        self.scheduler.submit(sequence)
+        return sequence

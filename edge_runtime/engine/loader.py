@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from edge_runtime.engine.providers import (
     check_session_providers,
     plan_providers,
 )
-from edge_runtime.engine.runners import RUNNERS, RunnerFactory
+from edge_runtime.engine.runners import RUNNERS, KvSlots, RunnerClass
 from edge_runtime.engine.session import create_session, default_threads
 from edge_runtime.engine.tokenizer import Tokenizer
 from edge_runtime.errors import BundleError
@@ -34,7 +35,7 @@ from edge_runtime.errors import BundleError
 log = logging.getLogger(__name__)
 
 
-def _runner_factory(manifest: Manifest) -> RunnerFactory:
+def _runner_class(manifest: Manifest) -> RunnerClass:
     factory = RUNNERS.get(manifest.graph.kind)
     if factory is None:
         raise BundleError(
@@ -42,6 +43,14 @@ def _runner_factory(manifest: Manifest) -> RunnerFactory:
             f"(it runs: {', '.join(sorted(RUNNERS))})"
         )
     return factory
+
+
+def _slot_count(runner: RunnerClass, manifest: Manifest, wanted: int) -> int:
+    """Decide, once, how many sequences decode together: ``wanted``, if the graph allows."""
+    if wanted > runner.max_slots:
+        log.warning("max_batch %d: a %r graph runs %d sequence(s) at a time; serving %d",
+                    wanted, manifest.graph.kind, runner.max_slots, runner.max_slots)
+    return min(wanted, runner.max_slots)
 
 
 def _template(root: Path, manifest: Manifest, tokenizer: Tokenizer) -> ChatTemplate | None:
@@ -89,9 +98,11 @@ def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) ->
     started = time.perf_counter()
     root = Path(bundle_dir)
     manifest = verify_bundle(root, check_hashes=options.verify_hashes)
-    factory = _runner_factory(manifest)
+    runner = _runner_class(manifest)
     arch = manifest.architecture
     defaults = GenerationDefaults.from_file(root / manifest.generation_file)
+    if options.default_max_tokens is not None:
+        defaults = dataclasses.replace(defaults, max_tokens=options.default_max_tokens)
     plan = plan_providers(options)
     model_sha = manifest.files[manifest.model_file].sha256
     # Code that imports and hashing used, dropped now so it does not add to the session's peak.
@@ -111,7 +122,11 @@ def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) ->
     active = tuple(session.get_providers())
     check_session_providers(plan, active, options.require)
     device = "cuda" if CUDA in active or TENSORRT in active else "cpu"
-    runner = factory(session, manifest, device=device, device_id=options.device_id)
+
+    def new_slots(count: int) -> KvSlots:
+        return runner(session, manifest, slots=count, device=device, device_id=options.device_id)
+
+    capacity = _slot_count(runner, manifest, options.max_batch)
     report = LoadReport(
         providers=active,
         load_s=time.perf_counter() - started,
@@ -119,4 +134,6 @@ def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) ->
         threads=options.threads or default_threads(),
     )
     log.info("loaded %s on %s in %.2fs", manifest.name, active[0], report.load_s)
-    return OnnxEngine(root, manifest, runner, tokenizer, template, defaults, report)
+    return OnnxEngine(
+        root, manifest, new_slots, capacity, tokenizer, template, defaults, report
+    )

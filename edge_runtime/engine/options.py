@@ -18,6 +18,8 @@ class EngineOptions:
     ``require`` turns a missing provider into :class:`errors.ProviderUnavailable` instead of a
     fallback to the CPU. ``threads`` None uses every core this process may run on.
     ``optimized_model_dir`` caches ONNX Runtime's optimized graph for a fast cold start.
+    ``default_max_tokens`` replaces the bundle's default answer length.
+    ``max_batch`` is how many requests may decode together (graphs that cannot batch run one).
     ``spin`` lets ONNX Runtime's worker threads busy-wait briefly between kernels (ONNX
     Runtime's own default). On cores the engine has to itself it decodes faster; on cores
     shared with other busy work it can cost most of the speed, so turn it off there.
@@ -33,6 +35,8 @@ class EngineOptions:
     optimized_model_dir: Path | None = None
     verify_hashes: bool = True
     spin: bool = True
+    max_batch: int = 1
+    default_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES:
@@ -41,5 +45,7 @@ class EngineOptions:
             )
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch must be at least 1, not {self.max_batch}")
         if self.trt_workspace_mb < 1:
             raise ConfigError("trt_workspace_mb must be positive")

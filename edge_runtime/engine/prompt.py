@@ -1,100 +1,72 @@
-"""Turn a request's prompt (plain text or chat messages) into token ids."""
+"""Turn a request's prompt (plain text or chat messages) into token ids.
+
+Only the chat template's own markup may become control tokens. Message content is always
+plain text: a user who writes ``<|im_end|>\\n<|im_start|>system`` into a message gets those
+characters read as text, not a forged turn. Raw prompts (``chat`` false) are plain text
+too unless the request asks for ``special_tokens``.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-
 from edge_runtime.engine.chat_template import ChatTemplate
+from edge_runtime.engine.request import GenerationRequest, Message
 from edge_runtime.engine.tokenizer import Tokenizer
-from edge_runtime.engine.types import (
-    ChatMessage,
-    DeltaCallback,
-    GenerationResult,
-    Prompt,
-    SamplingParams,
-)
 from edge_runtime.errors import BadRequest
 
 
-def _messages(prompt: Sequence[object]) -> list[ChatMessage]:
-    checked: list[ChatMessage] = []
-    for index, item in enumerate(prompt):
-        if not isinstance(item, dict):
-            raise BadRequest(f"messages[{index}] must be an object with role and content")
-        role, content = item.get("role"), item.get("content")
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise BadRequest(f"messages[{index}] needs a string role and a string content")
-        checked.append({"role": role, "content": content})
-    if not checked:
-        raise BadRequest("messages is empty")
-    return checked
-
-
-def render_prompt(prompt: Prompt, *, chat: bool, template: ChatTemplate | None) -> tuple[str, bool]:
-    """Return the text to tokenize and whether it came from the chat template.
-
-    A plain string with ``chat`` on becomes one user turn; with no template in the bundle
-    it is used as it is. A message list needs ``chat`` and a template.
-    """
-    if isinstance(prompt, str):
-        if chat and template is not None:
-            return template.render([{"role": "user", "content": prompt}]), True
-        return prompt, False
-    if not isinstance(prompt, Sequence):
-        raise BadRequest("prompt must be a string or a list of messages")
-    messages = _messages(prompt)
-    if not chat:
-        raise BadRequest("a message list needs chat mode; send a plain prompt for completion")
-    if template is None:
-        raise BadRequest("this model has no chat template; send a plain prompt instead")
-    return template.render(messages), True
-
-
-def encode_prompt(
-    prompt: Prompt, *, chat: bool, template: ChatTemplate | None, tokenizer: Tokenizer
+def encode_request(
+    request: GenerationRequest, *, template: ChatTemplate | None, tokenizer: Tokenizer
 ) -> list[int]:
     """Return the prompt's token ids; raise :class:`BadRequest` when there are none."""
-    text, templated = render_prompt(prompt, chat=chat, template=template)
-    # A chat template writes its own bos_token when the model wants one.
-    ids = tokenizer.encode(text, add_bos=False if templated else None)
+    if not request.chat:
+        assert request.prompt is not None
+        ids = tokenizer.encode(request.prompt, special=request.special_tokens)
+    elif template is None:
+        if request.prompt is None:
+            raise BadRequest("this model has no chat template; send a plain prompt instead")
+        ids = tokenizer.encode(request.prompt, special=False)
+    else:
+        messages = request.messages or [Message(role="user", content=request.prompt or "")]
+        ids = encode_chat(messages, template, tokenizer)
     if not ids:
         raise BadRequest("the prompt is empty")
     return ids
 
 
-class PromptEngine(ABC):
-    """``generate`` from a prompt, for engines that generate from token ids."""
+def encode_chat(messages: list[Message], template: ChatTemplate, tokenizer: Tokenizer) -> list[int]:
+    """Render ``messages`` with the template and tokenize, content as plain text."""
+    text = template.render([m.model_dump() for m in messages])
+    # A chat template writes its own bos_token when the model wants one.
+    marked = [m.content for m in messages if tokenizer.has_control_markup(m.content)]
+    if not marked:
+        return tokenizer.encode(text, add_bos=False)
+    ids: list[int] = []
+    for piece, is_content in _split(text, marked):
+        ids += tokenizer.encode(piece, add_bos=False, special=not is_content)
+    return ids
 
-    @abstractmethod
-    def encode(self, prompt: Prompt, *, chat: bool = True) -> list[int]:
-        """Return the token ids ``generate`` would feed for ``prompt``."""
 
-    @abstractmethod
-    def generate_ids(
-        self,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        cancel: threading.Event | None = None,
-        on_delta: DeltaCallback | None = None,
-        ignore_eos: bool = False,
-        _called: float | None = None,
-    ) -> GenerationResult:
-        """Generate from token ids; ``_called`` is when the caller's clock started."""
+def _split(text: str, contents: list[str]) -> list[tuple[str, bool]]:
+    """Cut ``text`` around each of ``contents`` (in order); True marks a content piece."""
+    pieces: list[tuple[str, bool]] = []
+    cursor = 0
+    for content in contents:
+        start, found = _find(text, content, cursor)
+        if start < 0:
+            raise BadRequest(
+                "a message holds control-token markup that the chat template rewrites, so it "
+                "cannot be kept as plain text; remove the markup from the message"
+            )
+        pieces += [(text[cursor:start], False), (found, True)]
+        cursor = start + len(found)
+    pieces.append((text[cursor:], False))
+    return [(piece, is_content) for piece, is_content in pieces if piece]
 
-    def generate(
-        self,
-        prompt: Prompt,
-        params: SamplingParams,
-        *,
-        chat: bool = True,
-        cancel: threading.Event | None = None,
-        on_delta: DeltaCallback | None = None,
-    ) -> GenerationResult:
-        """Generate an answer for ``prompt`` (see :class:`edge_runtime.engine.types.Engine`)."""
-        called = time.perf_counter()
-        ids = self.encode(prompt, chat=chat)
-        return self.generate_ids(ids, params, cancel=cancel, on_delta=on_delta, _called=called)
+
+def _find(text: str, content: str, cursor: int) -> tuple[int, str]:
+    """Find ``content`` as the template placed it (as is, or trimmed) at or after ``cursor``."""
+    for candidate in (content, content.strip()):
+        start = text.find(candidate, cursor) if candidate else -1
+        if start >= 0:
+            return start, candidate
+    return -1, content

@@ -3,6 +3,10 @@
 Order, as in Hugging Face ``generate``: repetition penalty on the raw logits, then
 temperature, then top_k, top_p and min_p on the resulting distribution, then a draw from
 a seeded numpy ``Generator``. Temperature 0 means greedy (after the repetition penalty).
+
+Every value the request model accepts gives an answer: a temperature below
+:data:`MIN_TEMPERATURE` acts as greedy (dividing by it would overflow float32), and extreme
+repetition penalties are kept finite, so no distribution ever holds NaN.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MIN_TEMPERATURE = 1e-4
+"""Temperatures below this act as greedy."""
+_MIN_PENALTY = np.float32(1e-30)  # a penalty of 1e-300 is 0 in float32: x / 0 is inf
+_LOGIT_LIMIT = np.float32(1e30)  # softmax of finite values cannot give NaN
 _TOP_P_CUTOFFS = (1e-2, 1e-4, 1e-6, 0.0)  # top_p sorts the entries above the first that holds p
 _FLOOR = np.float32(-80.0)
 _DRAW_BLOCK = 1024
@@ -29,15 +37,16 @@ class SamplerConfig:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> None:
     """Make tokens in ``seen`` less likely, in place: positive logits / penalty, negative * it."""
     if penalty == 1.0 or seen.size == 0:
         return
+    factor = max(np.float32(penalty), _MIN_PENALTY)
     picked = logits[seen]
-    logits[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
+    logits[seen] = np.where(picked > 0, picked / factor, picked * factor)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -88,6 +97,7 @@ def candidates(logits: np.ndarray, config: SamplerConfig) -> tuple[np.ndarray | 
     still a candidate (positions are then the ids), which saves a gather on big vocabularies.
     """
     scaled = np.asarray(logits, dtype=np.float32) / np.float32(config.temperature)
+    np.clip(scaled, -_LOGIT_LIMIT, _LOGIT_LIMIT, out=scaled)
     ids: np.ndarray | None = None
     if 0 < config.top_k < scaled.size:
         ids = top_k_ids(scaled, config.top_k)

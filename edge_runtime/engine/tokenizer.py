@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,14 +25,36 @@ class Tokenizer:
             raise BundleError(f"cannot read tokenizer ({exc})", path) from exc
         self.bos_id = bos_id
         self.add_bos = add_bos and bos_id is not None
+        self.control_ids = frozenset(
+            token_id
+            for token_id, token in self._tok.get_added_tokens_decoder().items()
+            if token.special
+        )
+        # ``encode_special_tokens`` is a switch on the shared tokenizer: flip it under a lock.
+        self._lock = threading.Lock()
 
-    def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
-        """Return the ids of ``text``; special-token markup in it becomes special tokens."""
-        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
+    def encode(
+        self, text: str, *, add_bos: bool | None = None, special: bool = True
+    ) -> list[int]:
+        """Return the ids of ``text``.
+
+        With ``special`` the markup of control tokens (``<|im_end|>``) becomes those tokens;
+        without it, it is read as plain text.
+        """
+        with self._lock:
+            self._tok.encode_special_tokens = not special
+            try:
+                ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
+            finally:
+                self._tok.encode_special_tokens = False
         prepend = self.add_bos if add_bos is None else add_bos
         if prepend and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
             ids.insert(0, self.bos_id)
         return ids
+
+    def has_control_markup(self, text: str) -> bool:
+        """Whether ``text`` holds markup that would tokenize to a control token."""
+        return not self.control_ids.isdisjoint(self.encode(text, add_bos=False))
 
     def decode(self, ids: Sequence[int]) -> str:
         """Return the text of ``ids`` with special tokens left out."""

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol, TypedDict
+from typing import TYPE_CHECKING, Protocol
 
-
-class ChatMessage(TypedDict):
-    role: str
-    content: str
-
-
-Prompt = str | Sequence[ChatMessage]
-"""A plain string (completion, or one user turn when ``chat`` is on) or a chat list."""
+if TYPE_CHECKING:
+    from edge_runtime.engine.request import GenerationRequest
+    from edge_runtime.engine.scheduler import SchedulerCounters
 
 
 class FinishReason(str, Enum):
@@ -23,20 +18,6 @@ class FinishReason(str, Enum):
     LENGTH = "length"
     CANCELLED = "cancelled"
     ERROR = "error"
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to pick tokens and when to stop. ``None`` means the bundle's default."""
-
-    max_tokens: int | None = None
-    temperature: float | None = None  # 0 means greedy
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,7 +32,12 @@ class Usage:
 
 @dataclass(frozen=True)
 class Timings:
-    """Seconds spent; rates derived by callers."""
+    """Seconds spent in each stage; rates derived by callers.
+
+    ``queued_s`` runs from submission (or the caller's ``queued_since``) to the moment the
+    sequence got a slot; ``first_token_s`` from then to the first token (prompt reading
+    included); ``decode_s`` from the first token to the last.
+    """
 
     queued_s: float = 0.0
     prefill_s: float = 0.0
@@ -74,37 +60,40 @@ DeltaCallback = Callable[[str], None]
 
 
 class Engine(Protocol):
-    """What the CLI and the daemon need from a loaded model."""
+    """What the daemon needs from a loaded model."""
 
     @property
     def info(self) -> dict[str, object]:
         """Model name, quantization, context length, provider, for the ``info`` topic."""
         ...
 
+    @property
+    def capacity(self) -> int:
+        """How many requests generate together at most (1: one at a time)."""
+        ...
+
+    @property
+    def counters(self) -> SchedulerCounters:
+        """What the scheduler has done so far, for the ``stats`` topic."""
+        ...
+
     def generate(
         self,
-        prompt: Prompt,
-        params: SamplingParams,
+        request: GenerationRequest,
         *,
-        chat: bool = True,
         cancel: threading.Event | None = None,
         on_delta: DeltaCallback | None = None,
+        queued_since: float | None = None,
     ) -> GenerationResult:
-        """Generate an answer. Raises ContextLengthExceeded before any work if it cannot fit.
+        """Generate an answer; raise a typed error (``BadRequest``...) before any work.
 
         ``cancel`` set from another thread stops generation within one token with
-        ``finish_reason`` CANCELLED. ``on_delta`` never receives half a UTF-8 character
-        nor any part of a stop string.
+        ``finish_reason`` CANCELLED. ``on_delta`` runs in the caller's thread and never
+        receives half a UTF-8 character nor any part of a stop string. ``queued_since``
+        (``time.monotonic``) is when the caller's own queue took the request.
         """
         ...
 
-    def stream(
-        self,
-        prompt: Prompt,
-        params: SamplingParams,
-        *,
-        chat: bool = True,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[str]:
-        """Yield text pieces as ``generate`` would pass them to ``on_delta``."""
+    def close(self) -> None:
+        """Stop generating; requests in flight end with ``ShuttingDown``."""
         ...

@@ -1,12 +1,13 @@
-"""Runners: one class per graph kind, each owning the KV cache of the sequences it runs.
+"""Runners: one class per graph kind, each owning the KV caches of the sequences it runs.
 
-The generation loop talks only to :class:`DecoderRunner`; which class runs a bundle is
-chosen by ``manifest.graph.kind`` through :data:`RUNNERS`.
+The scheduler talks only to :class:`KvSlots`; which class runs a bundle is chosen by
+``manifest.graph.kind`` through :data:`RUNNERS`. A runner holds up to ``slots`` sequences,
+in slots ``0 .. slots-1``; one forward advances a contiguous range of them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 
@@ -16,65 +17,73 @@ if TYPE_CHECKING:
     from edge_runtime.bundle.manifest import Manifest
 
 
-class DecoderRunner(Protocol):
-    """Feed tokens to one sequence, get the next-token logits back."""
+class KvSlots(Protocol):
+    """The KV caches of up to :attr:`slots` sequences sharing one ONNX Runtime session."""
+
+    max_slots: ClassVar[int]
+    """The most sequences this graph kind can run in one forward."""
+
+    @property
+    def slots(self) -> int:
+        """How many sequences this instance holds."""
+        ...
 
     @property
     def max_length(self) -> int:
-        """How many tokens (prompt and generated) the cache can hold."""
+        """How many tokens (prompt and generated) one slot can hold."""
         ...
 
     @property
-    def length(self) -> int:
-        """How many tokens are in the cache now."""
+    def chunk(self) -> int:
+        """The most prompt tokens one forward should take for one sequence."""
         ...
 
-    def reset(self, expected: int = 0) -> None:
-        """Forget the sequence; the next ``forward`` starts a new one.
+    def fit(self, length: int) -> None:
+        """Size the caches for sequences of up to ``length`` tokens; every slot must be idle."""
+        ...
 
-        ``expected`` is how many tokens the new sequence may reach (0: unknown), so that a
-        runner can size its cache for it.
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` tokens in every slot, keeping what the slots hold."""
+        ...
+
+    def run(
+        self, start: int, tokens: np.ndarray, lengths: np.ndarray, *, settle: bool = False
+    ) -> np.ndarray:
+        """Append ``tokens`` [n, seq] to slots ``start .. start+n``; return logits [n, vocab].
+
+        ``lengths`` [n] are the tokens each slot holds before the call. Several tokens at once
+        are taken for one row only (a prompt). The logits are valid until the next call.
+        ``settle`` hands memory a long prompt made the session grow back afterwards.
         """
         ...
 
-    def forward(self, token_ids: np.ndarray) -> np.ndarray:
-        """Append ``token_ids`` (int64, shape [n]); return float32 logits [vocab] for the last."""
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first ``length`` cached tokens of slot ``src`` into slot ``dst``."""
         ...
 
 
-class RunnerFactory(Protocol):
-    """Build the runner for one graph kind from a loaded session and the bundle manifest.
+class RunnerClass(Protocol):
+    """A :class:`KvSlots` class: its batching limit and how it is built from a session."""
 
-    ``device`` is "cpu" or "cuda": where the runner should keep its KV cache.
-    """
+    max_slots: int
 
     def __call__(
         self,
         session: ort.InferenceSession,
         manifest: Manifest,
         *,
+        slots: int = 1,
         device: str = "cpu",
         device_id: int = 0,
-    ) -> DecoderRunner: ...
+    ) -> KvSlots: ...
 
 
-def _gqa(
-    session: ort.InferenceSession, manifest: Manifest, *, device: str = "cpu", device_id: int = 0
-) -> DecoderRunner:
-    from edge_runtime.engine.runners.gqa import GqaRunner
+def _registry() -> dict[str, RunnerClass]:
+    from edge_runtime.engine.runners.gqa import GqaSlots
+    from edge_runtime.engine.runners.optimum import OptimumSlots
 
-    arch = manifest.architecture
-    return GqaRunner(session, manifest.graph, arch, arch.context_length)
+    return {"optimum": OptimumSlots, "gqa": GqaSlots}
 
 
-def _registry() -> dict[str, RunnerFactory]:
-    from edge_runtime.engine.runners.optimum import OptimumRunner
-
-    return {
-        "optimum": OptimumRunner,
-        "gqa": _gqa,
-    }
-
-
-RUNNERS: dict[str, RunnerFactory] = _registry()
+RUNNERS: dict[str, RunnerClass] = _registry()
 """Graph kind (``manifest.graph.kind``) -> runner class."""

@@ -13,22 +13,28 @@ when a much shorter request follows; a prompt is fed in chunks, so that attentio
 memory is bounded by the chunk rather than the prompt; and after a long prompt, ONNX
 Runtime's arena gives back the scratch memory it grew by.
 
-:class:`GqaSlots` runs several sequences (one per slot) in one forward; :class:`GqaRunner`
-is the single-sequence :class:`DecoderRunner` built on it.
+:class:`GqaSlots` runs several sequences (one per slot) in one forward.
+
+The cache is host memory. With the CUDA or TensorRT provider, ONNX Runtime copies each
+bound slice of it to the device for every forward and the updated keys back: the whole
+cache crosses the bus at every step, so decoding slows as the context grows there (not
+measured: no GPU on the build machines). A device-resident cache needs OrtValues allocated
+on the device and a graph that takes the cache in place; see docs/engine.md.
 """
 
 from __future__ import annotations
 
 import mmap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from edge_runtime.bundle.manifest import Architecture, GraphSpec
 from edge_runtime.errors import ContextLengthExceeded
 
 if TYPE_CHECKING:
     import onnxruntime as ort
+
+    from edge_runtime.bundle.manifest import Manifest
 
 CAPACITY_STEP = 256
 """The cache grows in whole multiples of this many tokens."""
@@ -39,9 +45,9 @@ LONG_FORWARD = 256
 PREFILL_CHUNK = 64
 """A prompt is fed in forwards of at most this many tokens per sequence.
 
-Attention over a forward of ``s`` new tokens holds ``heads * s * total`` scores at once: for
-a 4,096-token prompt in one forward, 600 MB on SmolLM2-135M, more than the model. In chunks
-the scores and the MLP's activations are bounded by the chunk, at about the same speed.
+Attention over a forward of ``s`` new tokens holds ``heads * s * total`` scores at once, which
+for a long prompt in one forward is more memory than a small model. In chunks the scores
+and the MLP's activations are bounded by the chunk, at about the same speed.
 """
 
 
@@ -50,7 +56,7 @@ def lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
     An anonymous mapping with transparent huge pages refused: numpy asks for huge pages on
     large arrays, and then the first token written into each (layer, head) plane of the
-    cache made a whole 2 MB page resident (192 MB for Qwen2.5-0.5B at 32k context).
+    cache would make a whole huge page resident.
     """
     count = int(np.prod(shape))
     block = mmap.mmap(-1, max(count * dtype.itemsize, 1))
@@ -67,34 +73,42 @@ class GqaSlots:
     for each row's last token. Callers keep track of the lengths.
     """
 
+    max_slots: ClassVar[int] = 64
     _kv: np.ndarray
 
     def __init__(
         self,
         session: ort.InferenceSession,
-        spec: GraphSpec,
-        arch: Architecture,
+        manifest: Manifest,
         *,
-        slots: int,
-        max_length: int,
+        slots: int = 1,
+        device: str = "cpu",
+        device_id: int = 0,
+        max_length: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
+        if not 1 <= slots <= self.max_slots:
+            raise ValueError(f"slots must be 1 to {self.max_slots}, not {slots}")
         self._ort = ort
         self.session = session
-        self.spec = spec
-        self.arch = arch
+        self.spec = manifest.graph
+        self.arch = arch = manifest.architecture
         self.slots = slots
-        self.max_length = max_length
+        self.max_length = max_length or arch.context_length
         self.vocab_size = arch.vocab_size
         self._logits = np.zeros((slots, 1, arch.vocab_size), np.float32)
-        self._ones = np.ones((1, max_length), np.int64)
+        self._ones = np.ones((1, self.max_length), np.int64)
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, ort.OrtValue]] = {}
         self._feeds: list[object] = []
         self._release = ort.RunOptions()
         self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.capacity = 0
         self._allocate(self._rounded(CAPACITY_STEP), keep=0)
+
+    @property
+    def chunk(self) -> int:
+        return PREFILL_CHUNK
 
     def fit(self, length: int) -> None:
         """Size the cache for sequences of up to ``length`` tokens; call with every slot idle.
@@ -194,41 +208,3 @@ class GqaSlots:
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` cached tokens of slot ``src`` into slot ``dst``."""
         self._kv[:, :, dst, :, :length] = self._kv[:, :, src, :, :length]
-
-
-class GqaRunner:
-    """One sequence over a gqa graph: the :class:`DecoderRunner` for ``kind == "gqa"``."""
-
-    def __init__(
-        self,
-        session: ort.InferenceSession,
-        spec: GraphSpec,
-        arch: Architecture,
-        max_length: int,
-    ) -> None:
-        self.slots = GqaSlots(session, spec, arch, slots=1, max_length=max_length)
-        self._length = 0
-
-    @property
-    def max_length(self) -> int:
-        return self.slots.max_length
-
-    @property
-    def length(self) -> int:
-        return self._length
-
-    def reset(self, expected: int = 0) -> None:
-        # Stale keys past the new length are never read: the mask bounds attention.
-        self._length = 0
-        if expected:
-            self.slots.fit(expected)
-
-    def forward(self, token_ids: np.ndarray) -> np.ndarray:
-        """Append ``token_ids`` [n] and return a copy of the last token's logits [vocab]."""
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
-        if ids.shape[1] == 0:
-            raise ValueError("forward() needs at least one token")
-        lengths = np.array([self._length], dtype=np.int64)
-        logits = self.slots.run(0, ids, lengths)
-        self._length += ids.shape[1]
-        return logits[0].copy()

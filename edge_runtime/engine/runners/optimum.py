@@ -8,6 +8,8 @@ step's ``past`` inputs as they are. Only the logits come back to the host, and w
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import onnxruntime as ort
 
@@ -20,9 +22,8 @@ PREFILL_CHUNK = 128
 
 Attention over a forward holds ``heads * new * total`` scores at once; in chunks they are
 bounded by the chunk. Twice the gqa runner's chunk: here each forward copies the whole cache
-into its ``present`` outputs, so every chunk costs a copy of the cache so far. SmolLM2-135M,
-a 2,048-token prompt: the peak rose by 777 MB in one forward, 253 MB in chunks of 128, and
-the first token came sooner (6.4 s against 9.6).
+into its ``present`` outputs, so every chunk costs a copy of the cache so far (the measured
+trade-off is in docs/benchmarks.md).
 """
 
 
@@ -30,17 +31,28 @@ def _layer_names(template: str, layers: int) -> list[str]:
     return [template.format(layer=i) for i in range(layers)]
 
 
-class OptimumRunner:
-    """One sequence on an optimum decoder graph, with its KV cache kept in ORT buffers."""
+class OptimumSlots:
+    """One sequence on an optimum decoder graph, with its KV cache kept in ORT buffers.
+
+    The graph concatenates the cache at every step, so there is one slot: bundles with this
+    graph kind serve one request at a time.
+    """
+
+    max_slots: ClassVar[int] = 1
+    slots = 1
+    chunk = PREFILL_CHUNK
 
     def __init__(
         self,
         session: ort.InferenceSession,
         manifest: Manifest,
         *,
+        slots: int = 1,
         device: str = "cpu",
         device_id: int = 0,
     ) -> None:
+        if slots != 1:
+            raise ValueError("the optimum graph runs one sequence at a time")
         spec, arch = manifest.graph, manifest.architecture
         if spec.kv_dtype not in _KV_DTYPES:
             raise BundleError(f"graph kv_dtype {spec.kv_dtype!r} is not supported")
@@ -74,7 +86,7 @@ class OptimumRunner:
         self._binding = session.io_binding()
         self._past: list[ort.OrtValue] = []
         self._length = 0
-        self.reset()
+        self._reset()
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self._session.get_inputs()}
@@ -92,30 +104,46 @@ class OptimumRunner:
     def max_length(self) -> int:
         return self._max_length
 
-    @property
-    def length(self) -> int:
-        return self._length
+    def fit(self, length: int) -> None:
+        # The cache is concatenated step by step: there is nothing to size in advance.
+        self.reserve(length)
 
-    def reset(self, expected: int = 0) -> None:
-        # The cache is concatenated step by step, so there is nothing to size in advance.
+    def reserve(self, length: int) -> None:
+        if length > self._max_length:
+            raise ContextLengthExceeded(length, self._max_length)
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        if src != dst:
+            raise IndexError("the optimum graph has one slot")
+
+    def run(
+        self, start: int, tokens: np.ndarray, lengths: np.ndarray, *, settle: bool = False
+    ) -> np.ndarray:
+        """Append ``tokens`` [1, seq] to the one slot, which holds ``lengths[0]`` tokens now."""
+        if start != 0 or tokens.shape[0] != 1:
+            raise IndexError("the optimum graph has one slot")
+        held = int(lengths[0])
+        if held == 0:
+            self._reset()
+        elif held != self._length:
+            raise ValueError(f"slot holds {self._length} tokens, not {held}")
+        count = int(tokens.shape[1])
+        if count == 0:
+            raise ValueError("run() needs at least one token")
+        if self._length + count > self._max_length:
+            raise ContextLengthExceeded(self._length + count, self._max_length)
+        ids = np.ascontiguousarray(tokens[0], dtype=np.int64)
+        for first in range(0, count, PREFILL_CHUNK):
+            logits = self._forward(ids[first : first + PREFILL_CHUNK])
+        return logits[None, :]
+
+    def _reset(self) -> None:
         empty = np.zeros(self._kv_shape, dtype=self._kv_dtype)
         self._past = [
             ort.OrtValue.ortvalue_from_numpy(empty, self._device, self._device_id)
             for _ in self._past_names
         ]
         self._length = 0
-
-    def forward(self, token_ids: np.ndarray) -> np.ndarray:
-        """Append ``token_ids`` [n] to the sequence; return float32 logits [vocab] for the last."""
-        count = int(token_ids.shape[0])
-        if count == 0:
-            raise ValueError("forward() needs at least one token")
-        if self._length + count > self._max_length:
-            raise ContextLengthExceeded(self._length + count, self._max_length)
-        ids = np.ascontiguousarray(token_ids, dtype=np.int64)
-        for first in range(0, count, PREFILL_CHUNK):
-            logits = self._forward(ids[first : first + PREFILL_CHUNK])
-        return logits
 
     def _forward(self, token_ids: np.ndarray) -> np.ndarray:
         total = self._length + int(token_ids.shape[0])
