@@ -21,7 +21,7 @@ from edge_runtime.hugepages import reexec_with_huge_pages
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-BUILTIN_COMMANDS: tuple[str, ...] = ("run", "bench", "serve", "ask", "doctor")
+BUILTIN_COMMANDS: tuple[str, ...] = ("run", "bench", "serve", "ask", "doctor", "schemas")
 
 
 def _registrars() -> list[Register]:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from edge_runtime.engine import EngineOptions, GenerationResult, SamplingParams, load_engine
+from edge_runtime.engine import (
+    EngineOptions,
+    GenerationRequest,
+    GenerationResult,
+    load_engine,
+    parse_request,
+)
 from edge_runtime.engine.options import PROVIDER_CHOICES
-from edge_runtime.engine.types import ChatMessage, Prompt
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,17 +62,18 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        stop=tuple(args.stop),
-    )
+SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "min_p",
+                  "repetition_penalty", "seed")
+
+
+def sampling_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the request fields the sampling flags set (unset flags left out)."""
+    fields: dict[str, Any] = {
+        name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None
+    }
+    if args.stop:
+        fields["stop"] = list(args.stop)
+    return fields
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,15 +95,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def _prompt(args: argparse.Namespace) -> Prompt:
+def build_request(args: argparse.Namespace) -> GenerationRequest:
+    """Turn the command line into a request; a bad value is a BadRequest naming the flag."""
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if args.system and not args.raw:
-        messages: list[ChatMessage] = [
-            {"role": "system", "content": args.system},
-            {"role": "user", "content": text},
-        ]
-        return messages
-    return str(text)
+    fields = sampling_fields(args)
+    if args.raw:
+        return parse_request({"prompt": text, "chat": False, **fields})
+    if args.system:
+        messages = [{"role": "system", "content": args.system}, {"role": "user", "content": text}]
+        return parse_request({"messages": messages, **fields})
+    return parse_request({"prompt": text, **fields})
 
 
 def _write(piece: str) -> None:
@@ -118,10 +126,9 @@ def _print_stats(result: GenerationResult) -> None:
 def run(args: argparse.Namespace) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")
+    request = build_request(args)
     engine = load_engine(args.bundle, engine_options(args))
-    result = engine.generate(
-        _prompt(args), sampling_params(args), chat=not args.raw, on_delta=_write
-    )
+    result = engine.generate(request, on_delta=_write)
     _write("\n")
     if args.stats:
         _print_stats(result)

@@ -31,8 +31,8 @@ from edge_runtime.service.replies import chunk_payload
 from edge_runtime.service.store import OutboxItem, Store, StoreError
 from edge_runtime.service.telemetry import (
     Counters,
-    batching_stats,
     info_payload,
+    scheduler_stats,
     stats_payload,
     status_payload,
 )
@@ -92,12 +92,10 @@ class Daemon:
         self.topics = topics_for(config)
         self.counters = Counters()
         self.jobs = JobQueue(s.queue_size)
-        self.worker = Worker(engine, self.jobs, events, self._publish_chunk,
-                             concurrency=config.engine.max_batch)
-        limits = Limits(s.max_prompt_bytes, s.default_max_tokens, s.max_max_tokens,
-                        s.max_payload_bytes)
-        self.intake = Intake(RequestParser(self.topics, limits), store, self.jobs, self.worker,
-                             self.counters, self._send_final, s.outbox_limit)
+        self.worker = Worker(engine, self.jobs, events, self._publish_chunk)
+        parser = RequestParser(self.topics, Limits.from_config(s))
+        self.intake = Intake(parser, store, self.jobs, self.worker, self.counters,
+                             self._send_final, s.outbox_limit)
         self._inflight: dict[int, int] = {}  # publish mid -> outbox seq
         self._subscribe_mid: int | None = None
         self.ready = False
@@ -150,7 +148,7 @@ class Daemon:
                         len(leftover))
         pending = self.store.pending()
         for record in pending:
-            self.jobs.put(Job(Request.from_record(record)), force=True)
+            self.jobs.put(Job(Request.from_record(record)))
         if pending:
             log.warning("resuming %d accepted request(s) from before a restart", len(pending))
 
@@ -233,10 +231,15 @@ class Daemon:
 
     # ----- replies ---------------------------------------------------------------------
     def _publish_chunk(self, req: Request, seq: int, delta: str) -> None:
-        """Publish a stream chunk (called from the worker thread; best effort)."""
+        """Publish a stream chunk (called from the worker thread; best effort).
+
+        At QoS 0: a chunk is a preview of the final, and brokers keep QoS 1 messages for an
+        offline session only up to a count (Mosquitto's ``max_queued_messages``), so chunks
+        at QoS 1 could crowd the final out of that queue.
+        """
         try:
             self.transport.publish(
-                req.reply.topic, chunk_payload(req.id, seq, delta),
+                req.reply.topic, chunk_payload(req.id, seq, delta), qos=0,
                 correlation_data=req.reply.correlation_data,
             )
         except Exception:  # chunks are best effort
@@ -313,7 +316,7 @@ class Daemon:
         s = self.config.service
         payload = stats_payload(self.topics.device, self.counters, len(self.jobs), s.queue_size,
                                 self.store.outbox_size(), self._started,
-                                batching_stats(self.engine))
+                                scheduler_stats(self.engine.counters))
         self.transport.publish(self.topics.stats, payload, qos=0)
         self._publish_status("online")
 

@@ -79,7 +79,7 @@ class Intake:
         if req.deadline is not None and time.time() >= req.deadline:
             self._reject(Expired("the request expired before it was accepted"), req.id, req.reply)
             return
-        if len(self.jobs) >= self.jobs.size:
+        if self.jobs.full:
             self._reject(Busy(f"queue full ({self.jobs.size} waiting)"), req.id, req.reply)
             return
         if self.store.outbox_size() >= self._outbox_limit:
@@ -105,7 +105,7 @@ class Intake:
     def _accept(self, req: Request) -> None:
         self.store.accept(req.key, req.to_record())
         self.counters.accepted += 1
-        self.jobs.put(Job(req), force=True)
+        self.jobs.put(Job(req))
         log.debug("accepted %s (deadline %s, %d queued)", req.id, req.deadline, len(self.jobs))
 
     def _reject(self, error: EdgeRuntimeError, request_id: str | None, reply: ReplyPlace | None):

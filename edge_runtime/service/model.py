@@ -10,10 +10,8 @@ from pathlib import Path
 import devices
 from devices import Profile
 from edge_runtime.config import Config
-from edge_runtime.engine import EngineOptions, OnnxEngine, load_engine
-from edge_runtime.engine.batching import BatchingEngine
-from edge_runtime.engine.types import Engine, SamplingParams
-from edge_runtime.errors import BundleError, ConfigError
+from edge_runtime.engine import EngineOptions, GenerationRequest, OnnxEngine, load_engine
+from edge_runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +54,18 @@ def engine_options(config: Config) -> EngineOptions:
         optimized_model_dir=state / "ort-cache",
         trt_cache_dir=state / "trt-cache",
         spin=config.engine.spin,
+        max_batch=config.engine.max_batch,
+        default_max_tokens=config.service.default_max_tokens,
     )
 
 
-def load_model(config: Config) -> Engine:
+def load_model(config: Config) -> OnnxEngine:
     """Load the bundle from the config and run one short generation to warm it up."""
     options = engine_options(config)
     if config.model.bundle is None:
         raise ConfigError("model.bundle: required to serve (set it or pass --model)")
     started = time.perf_counter()
-    loaded = load_engine(config.model.bundle, options)
-    engine = _batching(loaded, config.engine.max_batch) if config.engine.max_batch > 1 else loaded
-    engine.generate("Hello", SamplingParams(max_tokens=2, temperature=0.0), chat=False)
+    engine = load_engine(config.model.bundle, options)
+    engine.generate(GenerationRequest(prompt="Hello", chat=False, max_tokens=2, temperature=0.0))
     log.info("model loaded and warmed in %.2f s", time.perf_counter() - started)
     return engine
-
-
-def _batching(engine: OnnxEngine, max_batch: int) -> Engine:
-    """Decode up to ``max_batch`` requests together, when the bundle's graph allows it."""
-    try:
-        return BatchingEngine(engine, max_batch=max_batch)
-    except BundleError as exc:
-        log.warning("engine.max_batch %d ignored: %s", max_batch, exc.message)
-        return engine

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from edge_runtime.engine.types import ChatMessage, Prompt, SamplingParams
+from edge_runtime.config import ServiceConfig
+from edge_runtime.engine.request import GenerationRequest, first_problem
 from edge_runtime.errors import BadRequest, EdgeRuntimeError
 from edge_runtime.service.topics import Topics, topic_refusal
 
-MAX_ID_CHARS = 128
-PARSE_LIMIT_BYTES = 16 * 1024 * 1024
-"""Above this a payload is not even parsed; only a v5 Response Topic can receive the error."""
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -47,50 +47,50 @@ class ReplyPlace:
     correlation_data: bytes | None = None
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+ID_PATTERN = r"^[^/+#\x00-\x1f\x7f-\x9f\u2028\u2029]{1,128}$"
+"""Request ids: printable on one line (they go into topics and logs), no topic wildcards."""
+_ID = re.compile(ID_PATTERN)
 
 
-class MessageBody(_Body):
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=1_000_000)
+class RequestBody(GenerationRequest):
+    """The request payload: a :class:`GenerationRequest` plus what only the service reads."""
 
-
-class RequestBody(_Body):
-    id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
-    prompt: str | None = None
-    messages: list[MessageBody] | None = Field(default=None, min_length=1, max_length=256)
-    chat: bool = True
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=5)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: list[str] | None = Field(default=None, max_length=16)
-    stream: bool = True
-    reply_to: str | None = None
-    deadline: float | None = Field(default=None, gt=0)
+    id: str | None = Field(
+        default=None, pattern=ID_PATTERN,
+        description="Names the request in replies, cancel and de-duplication; generated when "
+        "absent.",
+    )
+    stream: bool = Field(default=True, description="false: only the final message is sent.")
+    reply_to: str | None = Field(
+        default=None, min_length=1,
+        description="Reply topic for MQTT 3.1.1 clients; a v5 Response Topic wins.",
+    )
+    deadline: float | None = Field(
+        default=None, gt=0,
+        description="Unix time (seconds) after which the request is answered expired instead "
+        "of started.",
+    )
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_prompt_bytes: int = 64 * 1024
-    default_max_tokens: int = 256
-    max_max_tokens: int = 2048
-    max_payload_bytes: int = 256 * 1024
+    """The service's bounds on a request (from ``[service]`` in the config)."""
+
+    max_prompt_bytes: int
+    max_max_tokens: int
+    max_payload_bytes: int
+
+    @classmethod
+    def from_config(cls, service: ServiceConfig) -> Limits:
+        return cls(service.max_prompt_bytes, service.max_max_tokens, service.max_payload_bytes)
 
 
 @dataclass(frozen=True)
 class Request:
-    """A validated request, ready for the queue (and for the durable record)."""
+    """A validated request, ready for the queue; its record is the body as JSON."""
 
     id: str
-    prompt: Prompt
-    chat: bool
-    params: SamplingParams
-    stream: bool
+    body: RequestBody
     reply: ReplyPlace
     deadline: float | None = None
 
@@ -101,42 +101,29 @@ class Request:
 
     def to_record(self) -> str:
         """Serialise for the durable store."""
-        p = self.params
-        return json.dumps(
-            {
-                "id": self.id,
-                "prompt": self.prompt if isinstance(self.prompt, str) else list(self.prompt),
-                "chat": self.chat,
-                "params": {
-                    "max_tokens": p.max_tokens, "temperature": p.temperature, "top_p": p.top_p,
-                    "top_k": p.top_k, "min_p": p.min_p,
-                    "repetition_penalty": p.repetition_penalty, "seed": p.seed,
-                    "stop": list(p.stop),
-                },
-                "stream": self.stream,
-                "reply_topic": self.reply.topic,
-                "correlation": self.reply.correlation_data.hex()
-                if self.reply.correlation_data is not None else None,
-                "deadline": self.deadline,
-            }
-        )
+        corr = self.reply.correlation_data
+        return json.dumps({
+            "id": self.id,
+            "body": self.body.model_dump(mode="json", exclude_defaults=True),
+            "reply_topic": self.reply.topic,
+            "correlation": corr.hex() if corr is not None else None,
+            "deadline": self.deadline,
+        })
 
     @classmethod
     def from_record(cls, text: str) -> Request:
-        """Rebuild a request written by :meth:`to_record`."""
-        data = json.loads(text)
-        params = dict(data["params"])
-        params["stop"] = tuple(params["stop"])
-        corr = data["correlation"]
-        return cls(
-            id=data["id"],
-            prompt=data["prompt"],
-            chat=data["chat"],
-            params=SamplingParams(**params),
-            stream=data["stream"],
-            reply=ReplyPlace(data["reply_topic"], bytes.fromhex(corr) if corr else None),
-            deadline=data["deadline"],
-        )
+        """Rebuild a request written by :meth:`to_record`; ValueError if it is damaged."""
+        try:
+            data = json.loads(text)
+            corr = data["correlation"]
+            return cls(
+                id=data["id"],
+                body=RequestBody.model_validate(data["body"]),
+                reply=ReplyPlace(data["reply_topic"], bytes.fromhex(corr) if corr else None),
+                deadline=data["deadline"],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"damaged request record: {exc}") from None
 
 
 class RequestRejected(Exception):
@@ -150,11 +137,7 @@ class RequestRejected(Exception):
 
 
 def _valid_id(value: Any) -> str | None:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
-        return None
-    if not value.isprintable() or set(value) & set("/+#\0"):
-        return None
-    return value
+    return value if isinstance(value, str) and _ID.match(value) else None
 
 
 def _reject_constant(name: str) -> float:
@@ -168,11 +151,18 @@ def decode_json(payload: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"payload is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest("payload is nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(f"payload is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        # A \ud800 escape without its pair decodes to a string that is not text.
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("payload holds a lone surrogate (\\ud800-\\udfff escape)") from None
+    return data
 
 
 class RequestParser:
@@ -185,13 +175,19 @@ class RequestParser:
     def parse(self, msg: Inbound) -> Request:
         """Validate ``msg``; raise RequestRejected (with the reply place, if any) when it fails."""
         v5_reply = self._v5_reply(msg)
+        if len(msg.payload) > self.limits.max_payload_bytes:
+            # Not parsed at all: only a v5 Response Topic can receive the error.
+            usable = v5_reply is not None and not topic_refusal(v5_reply.topic, self.topics)
+            reply = v5_reply if usable else None
+            raise RequestRejected(
+                BadRequest(f"payload exceeds {self.limits.max_payload_bytes} bytes"), None, reply
+            )
         data: Any = None
         decode_error: BadRequest | None = None
-        if len(msg.payload) <= PARSE_LIMIT_BYTES:
-            try:
-                data = decode_json(msg.payload)
-            except BadRequest as exc:
-                decode_error = exc
+        try:
+            data = decode_json(msg.payload)
+        except BadRequest as exc:
+            decode_error = exc
         obj = data if isinstance(data, dict) else {}
         request_id = _valid_id(obj.get("id"))
         reply, reply_problem = self._reply_place(obj, v5_reply, request_id)
@@ -203,18 +199,16 @@ class RequestParser:
             raise reject(BadRequest(reply_problem))
         if msg.retain:
             raise reject(BadRequest("retained requests are refused; publish without retain"))
-        if len(msg.payload) > self.limits.max_payload_bytes:
-            raise reject(BadRequest(f"payload exceeds {self.limits.max_payload_bytes} bytes"))
         if decode_error is not None:
             raise reject(decode_error)
         if not isinstance(data, dict):
             raise reject(BadRequest("payload must be a JSON object"))
         if "id" in obj and request_id is None:
-            raise reject(BadRequest("id must be 1-128 printable characters without / + #"))
+            raise reject(BadRequest("id must be 1-128 characters on one line, without / + #"))
         try:
             body = RequestBody.model_validate(obj)
         except ValidationError as exc:
-            raise reject(BadRequest(_first_problem(exc))) from None
+            raise reject(BadRequest(first_problem(exc))) from None
         return self._build(body, msg, request_id, reply)
 
     def _v5_reply(self, msg: Inbound) -> ReplyPlace | None:
@@ -248,41 +242,14 @@ class RequestParser:
     ) -> Request:
         rid = request_id or uuid.uuid4().hex
         reply = reply or ReplyPlace(self.topics.response(rid))
-
-        def reject(message: str) -> RequestRejected:
-            return RequestRejected(BadRequest(message), request_id, reply)
-
-        prompt = self._prompt(body, reject)
-        max_tokens = body.max_tokens or self.limits.default_max_tokens
-        if max_tokens > self.limits.max_max_tokens:
-            raise reject(f"max_tokens: at most {self.limits.max_max_tokens}")
-        stop = tuple(body.stop or ())
-        if any(not s or len(s) > 64 for s in stop):
-            raise reject("stop: each entry must be 1-64 characters")
-        params = SamplingParams(
-            max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-            top_k=body.top_k, min_p=body.min_p, repetition_penalty=body.repetition_penalty,
-            seed=body.seed, stop=stop,
-        )
-        deadline = _deadline(body.deadline, msg)
-        return Request(rid, prompt, body.chat, params, body.stream, reply, deadline)
-
-    def _prompt(self, body: RequestBody, reject: Any) -> Prompt:
-        if (body.prompt is None) == (body.messages is None):
-            raise reject("give exactly one of prompt or messages")
-        if body.prompt is not None:
-            size = len(body.prompt.encode("utf-8", "surrogatepass"))
-            prompt: Prompt = body.prompt
-        else:
-            assert body.messages is not None
-            msgs = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
-            size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in msgs)
-            prompt = msgs
-        if size == 0:
-            raise reject("prompt is empty")
-        if size > self.limits.max_prompt_bytes:
-            raise reject(f"prompt exceeds {self.limits.max_prompt_bytes} bytes")
-        return prompt
+        problem = None
+        if body.max_tokens is not None and body.max_tokens > self.limits.max_max_tokens:
+            problem = f"max_tokens: at most {self.limits.max_max_tokens}"
+        elif body.prompt_bytes > self.limits.max_prompt_bytes:
+            problem = f"prompt exceeds {self.limits.max_prompt_bytes} bytes"
+        if problem:
+            raise RequestRejected(BadRequest(problem), request_id, reply)
+        return Request(rid, body, reply, _deadline(body.deadline, msg))
 
 
 def _deadline(body_deadline: float | None, msg: Inbound) -> float | None:
@@ -290,11 +257,3 @@ def _deadline(body_deadline: float | None, msg: Inbound) -> float | None:
     if msg.expiry_s is not None:
         candidates.append(msg.received_at + msg.expiry_s)
     return min(candidates) if candidates else None
-
-
-def _first_problem(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(part) for part in err["loc"]) or "payload"
-    if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown field"
-    return f"{loc}: {err['msg']}"

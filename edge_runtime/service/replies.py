@@ -1,60 +1,127 @@
-"""Build the reply payloads: stream chunks and final messages (see docs/schemas)."""
+"""The reply payloads: stream chunks and final messages, as typed models.
+
+These classes are the reply half of the protocol: the payloads are built from them and the
+published JSON Schemas (docs/schemas) are generated from them (``edge-runtime schemas``).
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from edge_runtime.engine.request import StrictModel
 from edge_runtime.engine.types import GenerationResult
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, error_codes
+
+MAX_ERROR_MESSAGE = 500
+
+
+def _codes(schema: dict[str, Any]) -> None:
+    schema["properties"]["code"]["enum"] = list(error_codes())
+
+
+class ErrorInfo(StrictModel):
+    """Why a request failed: a stable code (see docs/protocol.md) and a message for people."""
+
+    model_config = {"json_schema_extra": _codes}
+
+    code: str
+    message: str
+
+
+class UsageInfo(StrictModel):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class TimingsInfo(StrictModel):
+    """Seconds: waiting for a slot, reading the prompt, slot to first token, first to last."""
+
+    queued_s: float = Field(ge=0)
+    prefill_s: float | None = Field(default=None, ge=0)
+    decode_s: float | None = Field(default=None, ge=0)
+    first_token_s: float | None = Field(default=None, ge=0)
+    tokens_per_s: float | None = Field(default=None, ge=0)
+
+
+class Chunk(StrictModel):
+    """A stream chunk: ``seq`` counts from 0 and the deltas join to the final text."""
+
+    id: str
+    seq: int = Field(ge=0)
+    delta: str = Field(min_length=1)
+
+
+def _error_iff_failed(schema: dict[str, Any]) -> None:
+    schema["if"] = {"properties": {"finish_reason": {"const": "error"}}}
+    schema["then"] = {"required": ["error"]}
+    schema["else"] = {"not": {"required": ["error"]}}
+
+
+class Final(StrictModel):
+    """Exactly one per request, through the durable outbox; it carries the whole text."""
+
+    model_config = {"json_schema_extra": _error_iff_failed}
+
+    id: str | None = Field(description="null only when the request carried no usable id.")
+    done: Literal[True] = True
+    text: str
+    finish_reason: Literal["stop", "length", "cancelled", "error"]
+    error: ErrorInfo | None = None
+    usage: UsageInfo
+    timings: TimingsInfo
+
+
+def _dump(model: StrictModel) -> bytes:
+    return model.model_dump_json(exclude_none=True).encode()
 
 
 def chunk_payload(request_id: str, seq: int, delta: str) -> bytes:
     """Build one stream chunk."""
-    return json.dumps({"id": request_id, "seq": seq, "delta": delta}).encode()
+    return _dump(Chunk(id=request_id, seq=seq, delta=delta))
 
 
-def _timings(result: GenerationResult | None, queued_s: float) -> dict[str, float]:
-    if result is None:
-        return {"queued_s": round(queued_s, 4)}
-    t = result.timings
-    out = {
-        "queued_s": round(queued_s, 4), "prefill_s": round(t.prefill_s, 4),
-        "decode_s": round(t.decode_s, 4), "first_token_s": round(t.first_token_s, 4),
-    }
-    if t.decode_s > 0 and result.usage.completion_tokens > 1:
-        out["tokens_per_s"] = round((result.usage.completion_tokens - 1) / t.decode_s, 2)
-    return out
+def _timings(result: GenerationResult) -> TimingsInfo:
+    t, u = result.timings, result.usage
+    rate = (u.completion_tokens - 1) / t.decode_s if t.decode_s > 0 and u.completion_tokens > 1 else None
+    return TimingsInfo(
+        queued_s=round(t.queued_s, 4), prefill_s=round(t.prefill_s, 4),
+        decode_s=round(t.decode_s, 4), first_token_s=round(t.first_token_s, 4),
+        tokens_per_s=None if rate is None else round(rate, 2),
+    )
 
 
-def final_payload(request_id: str, result: GenerationResult, queued_s: float) -> dict[str, Any]:
+def _usage(prompt: int = 0, completion: int = 0) -> UsageInfo:
+    return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
+                     total_tokens=prompt + completion)
+
+
+def final_payload(request_id: str, result: GenerationResult) -> dict[str, Any]:
     """Build the final message for a finished generation."""
     u = result.usage
-    return {
-        "id": request_id, "done": True, "text": result.text,
-        "finish_reason": result.finish_reason.value,
-        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                  "total_tokens": u.total_tokens},
-        "timings": _timings(result, queued_s),
-    }
+    final = Final(
+        id=request_id, text=result.text, finish_reason=result.finish_reason.value,
+        usage=_usage(u.prompt_tokens, u.completion_tokens), timings=_timings(result),
+    )
+    return final.model_dump(mode="json", exclude_none=True)
 
 
 def error_payload(
     request_id: str | None, error: EdgeRuntimeError, text: str = "", queued_s: float = 0.0
 ) -> dict[str, Any]:
     """Build the final message for a request that failed with ``error``."""
-    return {
-        "id": request_id, "done": True, "text": text, "finish_reason": "error",
-        "error": {"code": error.code, "message": error.message[:500]},
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        "timings": _timings(None, queued_s),
-    }
+    final = Final(
+        id=request_id, text=text, finish_reason="error",
+        error=ErrorInfo(code=error.code, message=error.message[:MAX_ERROR_MESSAGE]),
+        usage=_usage(), timings=TimingsInfo(queued_s=round(max(queued_s, 0.0), 4)),
+    )
+    return final.model_dump(mode="json", exclude_none=True)
 
 
 def cancelled_payload(request_id: str) -> dict[str, Any]:
     """Build the final message for a request cancelled before it started."""
-    return {
-        "id": request_id, "done": True, "text": "", "finish_reason": "cancelled",
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        "timings": {"queued_s": 0.0},
-    }
+    final = Final(id=request_id, text="", finish_reason="cancelled", usage=_usage(),
+                  timings=TimingsInfo(queued_s=0.0))
+    return final.model_dump(mode="json", exclude_none=True)

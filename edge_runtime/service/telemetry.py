@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime import __version__
+from edge_runtime.engine.scheduler import SchedulerCounters
 
 
 @dataclass
@@ -70,22 +71,20 @@ def info_payload(device: str, engine_info: dict[str, object], limits: dict[str, 
     })
 
 
-def batching_stats(engine: object) -> dict[str, Any] | None:
-    """Return what a batching engine has done so far, or None for a one-at-a-time engine."""
-    counters = getattr(engine, "counters", None)
-    if counters is None:
-        return None
+def scheduler_stats(counters: SchedulerCounters) -> dict[str, Any]:
+    """Return what the engine's scheduler has done so far."""
     return {
         "peak_batch": counters.peak_batch,
         "decode_steps": counters.decode_steps,
         "decode_tokens": counters.decode_tokens,
         "decode_tokens_per_s": round(counters.decode_tok_s, 2),
+        "failed_sequences": counters.failed,
     }
 
 
 def stats_payload(
     device: str, counters: Counters, queue_depth: int, queue_size: int, outbox: int,
-    started: float, batching: dict[str, Any] | None = None,
+    started: float, scheduler: dict[str, Any],
 ) -> bytes:
     avg = (
         round(counters.tokens / counters.decode_s, 2) if counters.decode_s > 0 else None
@@ -95,8 +94,6 @@ def stats_payload(
         "uptime_s": round(time.monotonic() - started, 1),
         "queue_depth": queue_depth, "queue_size": queue_size, "outbox": outbox,
         "tokens_per_s": counters.last_tokens_per_s, "tokens_per_s_avg": avg,
-        "rss_mb": rss_mb(), "counters": counters.as_dict(),
+        "rss_mb": rss_mb(), "counters": counters.as_dict(), "scheduler": scheduler,
     }
-    if batching is not None:
-        data["batching"] = batching
     return _dump(data)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime.engine.types import Engine, FinishReason
-from edge_runtime.errors import EdgeRuntimeError, Expired, InternalError, ShuttingDown
+from edge_runtime.errors import EdgeRuntimeError, Expired, ShuttingDown, as_error
 from edge_runtime.service.protocol import Request
 from edge_runtime.service.replies import error_payload, final_payload
 from edge_runtime.service.transport import EventQueue
@@ -56,14 +56,16 @@ class JobQueue:
         with self._cond:
             return len(self._jobs)
 
-    def put(self, job: Job, *, force: bool = False) -> bool:
-        """Add a job; return False at once when the queue is full (unless ``force``) or closed."""
+    @property
+    def full(self) -> bool:
+        return len(self) >= self.size
+
+    def put(self, job: Job) -> None:
+        """Add a job (the caller checked :attr:`full` where it refuses work)."""
         with self._cond:
-            if self._closed or (len(self._jobs) >= self.size and not force):
-                return False
-            self._jobs.append(job)
-            self._cond.notify()
-            return True
+            if not self._closed:
+                self._jobs.append(job)
+                self._cond.notify()
 
     def get(self) -> Job | None:
         """Wait for the next job; None once the queue is closed and empty."""
@@ -94,19 +96,14 @@ class JobQueue:
 
 
 class Worker:
-    """Run queued jobs on the engine in ``concurrency`` threads of their own.
+    """Run queued jobs on the engine, one thread per request the engine can generate at once.
 
-    With more than one thread the engine must accept concurrent ``generate`` calls (the
-    batching engine decodes them together); otherwise one thread runs one job at a time.
+    The thread count follows ``engine.capacity``, decided when the model was loaded: a job
+    leaves the queue only when the engine has room for it.
     """
 
     def __init__(
-        self,
-        engine: Engine,
-        jobs: JobQueue,
-        events: EventQueue,
-        chunks: ChunkSink,
-        concurrency: int = 1,
+        self, engine: Engine, jobs: JobQueue, events: EventQueue, chunks: ChunkSink
     ) -> None:
         self.engine = engine
         self.jobs = jobs
@@ -116,18 +113,12 @@ class Worker:
         self._running: dict[int, Job] = {}
         self._threads = [
             threading.Thread(target=self._run, args=(i,), name=f"edge-worker-{i}", daemon=True)
-            for i in range(max(1, concurrency))
+            for i in range(engine.capacity)
         ]
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
-
-    def join(self, timeout: float | None = None) -> bool:
-        end = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(None if end is None else max(0.0, end - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
 
     @property
     def running(self) -> list[Job]:
@@ -166,43 +157,38 @@ class Worker:
                 finished = self._execute(job)
             except Exception as exc:  # the worker must keep going
                 log.exception("generation failed for %s", job.request.id)
-                finished = Finished(job.request, error_payload(job.request.id, _as_error(exc)))
+                error = as_error(exc, "generation failed")
+                finished = Finished(job.request, error_payload(job.request.id, error))
             with self._lock:
                 del self._running[slot]
             self._events.put(finished)
 
     def _execute(self, job: Job) -> Finished:
         req = job.request
-        queued_s = time.monotonic() - job.queued_at
         if req.deadline is not None and time.time() >= req.deadline:
             return Finished(req, error_payload(req.id, Expired("deadline passed before start")))
         seq = 0
 
         def on_delta(delta: str) -> None:
             nonlocal seq
-            if req.stream and delta:
+            if req.body.stream and delta:
                 self._chunks(req, seq, delta)
                 seq += 1
 
         try:
             result = self.engine.generate(
-                req.prompt, req.params, chat=req.chat, cancel=job.cancel, on_delta=on_delta
+                req.body, cancel=job.cancel, on_delta=on_delta, queued_since=job.queued_at
             )
         except EdgeRuntimeError as exc:
+            queued_s = time.monotonic() - job.queued_at
             return Finished(req, error_payload(req.id, exc, queued_s=queued_s))
         if result.finish_reason is FinishReason.CANCELLED and job.stop_error is not None:
-            payload = error_payload(req.id, job.stop_error, result.text, queued_s)
+            payload = error_payload(req.id, job.stop_error, result.text, result.timings.queued_s)
         else:
-            payload = final_payload(req.id, result, queued_s)
+            payload = final_payload(req.id, result)
         return Finished(
             req, payload, result.usage.completion_tokens, result.timings.decode_s
         )
-
-
-def _as_error(exc: BaseException) -> EdgeRuntimeError:
-    if isinstance(exc, EdgeRuntimeError):
-        return exc
-    return InternalError(f"generation failed: {type(exc).__name__}")
 
 
 __all__ = ["Finished", "Job", "JobQueue", "ShuttingDown", "Worker"]
