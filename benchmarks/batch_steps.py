@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import sources
 from benchmarks.report import markdown_table
 from edge_runtime.engine import EngineOptions, load_engine
-from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
+from edge_runtime.engine.runners.gqa import GqaSlots
 
 BATCHES = (1, 2, 3, 4)
 
@@ -33,13 +33,13 @@ BATCHES = (1, 2, 3, 4)
 def _slots(bundle: Path, threads: int, profile: str | None = None) -> tuple[GqaSlots, list[int]]:
     engine = load_engine(bundle, EngineOptions(provider="cpu", threads=threads))
     m = engine.manifest
-    if not isinstance(engine.runner, GqaRunner):
+    if m.graph.kind != "gqa":
         raise SystemExit(f"{bundle}: batching needs a gqa graph, this one is {m.graph.kind}")
-    session = engine.runner.slots.session
-    if profile is not None:
-        session = _profiled_session(bundle, threads, profile)
-    slots = GqaSlots(session, m.graph, m.architecture,
-                     slots=max(BATCHES), max_length=engine.runner.max_length)
+    if profile is None:
+        slots = engine.new_slots(max(BATCHES))
+    else:
+        slots = GqaSlots(_profiled_session(bundle, threads, profile), m, slots=max(BATCHES))
+    assert isinstance(slots, GqaSlots)
     ids = engine.tokenizer.encode(sources.PROMPT_FILE.read_text())
     return slots, ids
 

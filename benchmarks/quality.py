@@ -55,9 +55,10 @@ def teacher_force(bundle: Path, texts: list[str], threads: int) -> Forced:
     nll: list[float] = []
     for text in texts:
         ids = engine.tokenizer.encode(text)
-        engine.runner.reset()
+        sequence = engine.single_sequence()
+        sequence.reset(len(ids))
         for position, token in enumerate(ids[:-1]):
-            logits = engine.runner.forward(np.array([token], dtype=np.int64))
+            logits = sequence.forward([token])
             top1.append(int(np.argmax(logits)))
             nll.append(-_log_softmax_at(logits, ids[position + 1]))
     return Forced(np.array(top1), np.array(nll))

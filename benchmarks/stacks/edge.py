@@ -3,9 +3,9 @@
     python -m benchmarks.stacks.edge --model-path BUNDLE --prompt-file P.json --threads 2
     python -m benchmarks.stacks.edge ... --streams 4     # concurrent streams
 
-With ``--streams N`` the adapter first runs one stream alone (the single-stream figure, also
-the warm-up), then N threads that call ``generate_ids`` at once. Bundles with a gqa graph go
-through the continuous-batching engine; others share the plain engine, one call at a time.
+With ``--streams N`` the engine is loaded with ``max_batch`` N; the adapter first runs one
+stream alone (the single-stream figure, also the warm-up), then N threads that call
+``generate_ids`` at once. Bundles whose graph cannot batch serve them one at a time.
 """
 
 from __future__ import annotations
@@ -14,19 +14,13 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 from benchmarks.stacks.common import RunResult, emit, load_prompt, parse_args, peak_rss_mb
-from edge_runtime.engine import EngineOptions, GenerationResult, SamplingParams, load_engine
-from edge_runtime.engine.batching import BatchCounters
+from edge_runtime.engine import EngineOptions, GenerationResult, Sampling, load_engine
+from edge_runtime.engine.engine import OnnxEngine
+from edge_runtime.engine.scheduler import SchedulerCounters
 from edge_runtime.hugepages import current as huge_pages
 from edge_runtime.hugepages import reexec_with_huge_pages
-
-
-class _IdsEngine(Protocol):
-    def generate_ids(
-        self, prompt_ids: list[int], params: SamplingParams, *, ignore_eos: bool = False
-    ) -> GenerationResult: ...
 
 
 @dataclass(frozen=True)
@@ -36,15 +30,15 @@ class _Timed:
     ended: float
 
 
-def _run(engine: _IdsEngine, ids: list[int], max_new: int) -> _Timed:
+def _run(engine: OnnxEngine, ids: list[int], max_new: int) -> _Timed:
     """Greedy-decode exactly ``max_new`` tokens (end-of-text ignored)."""
-    params = SamplingParams(max_tokens=max_new, temperature=0.0)
+    params = Sampling(max_tokens=max_new, temperature=0.0)
     started = time.perf_counter()
     result = engine.generate_ids(ids, params, ignore_eos=True)
     return _Timed(result, started, time.perf_counter())
 
 
-def _concurrent(engine: _IdsEngine, ids: list[int], max_new: int, streams: int) -> list[_Timed]:
+def _concurrent(engine: OnnxEngine, ids: list[int], max_new: int, streams: int) -> list[_Timed]:
     """Run ``streams`` generations from as many threads at once."""
     results: list[_Timed | None] = [None] * streams
     barrier = threading.Barrier(streams)
@@ -92,7 +86,7 @@ def _streams_figures(single: _Timed, runs: list[_Timed]) -> dict[str, object]:
 def main() -> int:
     args = parse_args(__doc__ or "")
     _, ids = load_prompt(args.prompt_file)
-    options = EngineOptions(provider="cpu", threads=args.threads)
+    options = EngineOptions(provider="cpu", threads=args.threads, max_batch=max(args.streams, 1))
     start = time.perf_counter()
     engine = load_engine(args.model_path, options)
     load_s = time.perf_counter() - start
@@ -118,30 +112,22 @@ def main() -> int:
 
 
 def _measure_streams(
-    engine: object, ids: list[int], max_new: int, streams: int, single: _Timed
+    engine: OnnxEngine, ids: list[int], max_new: int, streams: int, single: _Timed
 ) -> dict[str, object]:
     """Measure ``streams`` concurrent generations, batched when the graph allows it."""
-    from edge_runtime.engine.batching import BatchingEngine
-    from edge_runtime.engine.engine import OnnxEngine
-
-    assert isinstance(engine, OnnxEngine)
-    if engine.manifest.graph.kind != "gqa":
+    if engine.capacity == 1:
         figures = _streams_figures(single, _concurrent(engine, ids, max_new, streams))
         return {**figures, "batching": False}
-    batching = BatchingEngine(engine, max_batch=streams)
-    try:
-        _run(batching, ids[:16], 4)  # warm the batched shapes once
-        before = dataclasses.replace(batching.counters)
-        runs = _concurrent(batching, ids, max_new, streams)
-        figures = _streams_figures(single, runs)
-        return {**figures, **_phase_figures(before, batching.counters, figures), "batching": True,
-                "peak_batch": batching.peak_batch}
-    finally:
-        batching.close()
+    _concurrent(engine, ids[:16], 4, streams)  # warm the batched shapes once
+    before = dataclasses.replace(engine.counters)
+    runs = _concurrent(engine, ids, max_new, streams)
+    figures = _streams_figures(single, runs)
+    return {**figures, **_phase_figures(before, engine.counters, figures), "batching": True,
+            "peak_batch": engine.counters.peak_batch}
 
 
 def _phase_figures(
-    before: BatchCounters, after: BatchCounters, figures: dict[str, object]
+    before: SchedulerCounters, after: SchedulerCounters, figures: dict[str, object]
 ) -> dict[str, object]:
     """Decode throughput over the batched decode forwards alone (prefills excluded)."""
     tokens = after.decode_tokens - before.decode_tokens

@@ -101,7 +101,7 @@ def test_calibrated_bundle_with_8bit_head_tracks_fp32(
     def logits(bundle: Path) -> np.ndarray:
         engine = load_engine(bundle, EngineOptions(provider="cpu", threads=2))
         ids = engine.tokenizer.encode(PROMPT)
-        return engine.runner.forward(np.asarray(ids, dtype=np.int64))
+        return engine.single_sequence().forward(ids)
 
     got, ref = logits(out), logits(tiny_bundle(arch, "fp32", graph))
     cosine = float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref)))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.bundle import verify_bundle
-from edge_runtime.engine import load_engine
-from edge_runtime.engine.types import GenerationResult, SamplingParams
+from edge_runtime.engine import GenerationRequest, load_engine
+from edge_runtime.engine.types import GenerationResult
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
@@ -44,10 +44,10 @@ COMMON_WORDS = {
 
 def _generate(bundle: Path, max_tokens: int, question: str = QUESTION) -> GenerationResult:
     engine = load_engine(bundle)
-    return engine.generate(
-        [{"role": "user", "content": question}],
-        SamplingParams(max_tokens=max_tokens, temperature=0.0),
-    )
+    return engine.generate(GenerationRequest.model_validate({
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens, "temperature": 0.0,
+    }))
 
 
 def test_int4_answer_is_fluent_english_about_the_subject(

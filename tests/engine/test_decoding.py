@@ -9,8 +9,9 @@ import pytest
 
 from edge_runtime.engine.decoding import Decoding
 from edge_runtime.engine.defaults import GenerationDefaults, resolve
+from edge_runtime.engine.request import Sampling, parse_request
 from edge_runtime.engine.tokenizer import Tokenizer
-from edge_runtime.engine.types import FinishReason, SamplingParams
+from edge_runtime.engine.types import FinishReason
 from edge_runtime.errors import BadRequest
 from tests.fixtures.tiny_models import build_tokenizer
 
@@ -35,7 +36,7 @@ def run(
     decoding = Decoding(
         tokenizer,
         tokenizer.encode("Q:"),
-        resolve(SamplingParams(temperature=0.0, **params), GenerationDefaults()),  # type: ignore[arg-type]
+        resolve(Sampling.model_validate({"temperature": 0.0, **params}), GenerationDefaults()),
         eos_ids=[eos],
         max_new_tokens=max_new,
         vocab_size=tokenizer.vocab_size,
@@ -51,7 +52,7 @@ def run(
 
 def test_stop_string_split_across_tokens_is_caught_and_not_shown(tokenizer: Tokenizer) -> None:
     script = tokenizer.encode("The quick brown fox jumps over")
-    decoding, deltas = run(tokenizer, script, stop=("brown fox",))
+    decoding, deltas = run(tokenizer, script, stop=["brown fox"])
     # The stop string really spans tokens here.
     assert not any("brown fox" in tokenizer.decode([t]) for t in script)
     assert decoding.finish is FinishReason.STOP
@@ -77,28 +78,33 @@ def test_max_new_tokens_finishes_with_length(tokenizer: Tokenizer) -> None:
 
 def test_stopping_from_outside_releases_held_text(tokenizer: Tokenizer) -> None:
     script = tokenizer.encode("Field dev")
-    decoding, _ = run(tokenizer, script, stop=("devices!",))
+    decoding, _ = run(tokenizer, script, stop=["devices!"])
     assert decoding.finish is None
     tail = decoding.stop(FinishReason.CANCELLED)
     assert decoding.finish is FinishReason.CANCELLED
     assert decoding.text.endswith(tail) and decoding.text == "Field dev"
 
 
-def test_bad_sampling_values_are_bad_requests() -> None:
-    for params in (
-        SamplingParams(temperature=-1),
-        SamplingParams(top_p=0),
-        SamplingParams(min_p=2),
-        SamplingParams(max_tokens=0),
-        SamplingParams(temperature=float("nan")),
-    ):
-        with pytest.raises(BadRequest):
-            resolve(params, GenerationDefaults())
+@pytest.mark.parametrize(
+    "fields",
+    [{"temperature": -1}, {"top_p": 0}, {"min_p": 2}, {"max_tokens": 0},
+     {"temperature": float("nan")}, {"top_k": 1.5}, {"stop": [""]}],
+)
+def test_bad_sampling_values_are_bad_requests_naming_the_field(fields: dict) -> None:
+    with pytest.raises(BadRequest, match=next(iter(fields))):
+        parse_request({"prompt": "x", **fields})
+
+
+def test_bundle_defaults_the_request_model_refuses_are_bundle_errors() -> None:
+    from edge_runtime.errors import BundleError
+
+    with pytest.raises(BundleError):
+        GenerationDefaults.from_dict({"temperature": -2})
 
 
 def test_request_values_override_bundle_defaults() -> None:
     defaults = GenerationDefaults.from_dict({"temperature": 0.7, "top_k": 40, "max_tokens": 99})
-    got = resolve(SamplingParams(temperature=0.0), defaults)
+    got = resolve(Sampling(temperature=0.0), defaults)
     assert got.sampler.temperature == 0.0
     assert got.sampler.top_k == 40
     assert got.max_tokens == 99

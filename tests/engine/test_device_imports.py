@@ -29,10 +29,10 @@ for info in pkgutil.walk_packages(edge_runtime.__path__, "edge_runtime."):
         importlib.import_module(info.name)
 
 from edge_runtime.cli import main
-from edge_runtime.engine import SamplingParams, load_engine
+from edge_runtime.engine import GenerationRequest, load_engine
 
 engine = load_engine(sys.argv[1])
-result = engine.generate("Hello", SamplingParams(max_tokens=8, temperature=0.0))
+result = engine.generate(GenerationRequest(prompt="Hello", max_tokens=8, temperature=0.0))
 code = main(["run", sys.argv[1], "Hello", "--max-tokens", "4"])
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 print("\n" + json.dumps({

@@ -96,10 +96,10 @@ import json, re, sys
 from pathlib import Path
 from edge_runtime.hugepages import reexec_with_huge_pages
 reexec_with_huge_pages()
-from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
+from edge_runtime.engine import EngineOptions, Sampling, load_engine
 
 engine = load_engine(Path(sys.argv[1]), EngineOptions(threads=2))
-result = engine.generate_ids(list(range(100, 140)), SamplingParams(max_tokens=12, temperature=0))
+result = engine.generate_ids(list(range(100, 140)), Sampling(max_tokens=12, temperature=0))
 rollup = Path("/proc/self/smaps_rollup").read_text()
 huge = int(re.search(r"AnonHugePages:\\s+(\\d+)", rollup).group(1)) / 1024
 print(json.dumps({"huge_mb": huge, "tokens": list(result.token_ids)}))

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
+from edge_runtime.engine import EngineOptions, GenerationRequest, load_engine
 from edge_runtime.errors import BundleError
 
-GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
+
+def greedy(prompt: str) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, max_tokens=16, temperature=0.0)
 
 
 def test_tampered_bundle_is_refused_before_loading(
@@ -47,7 +49,7 @@ def test_optimized_graph_cache_is_written_then_reused(
     second = load_engine(kind_bundle(), options)
     assert second.report.optimized_cache_hit
     for prompt in ("Hello", "Sensors report"):
-        assert second.generate(prompt, GREEDY).token_ids == first.generate(prompt, GREEDY).token_ids
+        assert second.generate(greedy(prompt)).token_ids == first.generate(greedy(prompt)).token_ids
 
 
 def test_broken_cache_entry_is_rebuilt(kind_bundle: Callable[..., Path], tmp_path: Path) -> None:
@@ -57,4 +59,15 @@ def test_broken_cache_entry_is_rebuilt(kind_bundle: Callable[..., Path], tmp_pat
     (entry / "model.onnx").write_bytes(b"not a model")
     engine = load_engine(kind_bundle(), options)
     assert not engine.report.optimized_cache_hit
-    assert engine.generate("Hello", GREEDY).usage.completion_tokens > 0
+    assert engine.generate(greedy("Hello")).usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize(("graph", "capacity"), [("gqa", 3), ("optimum", 1)])
+def test_max_batch_is_decided_once_at_load(
+    kind_bundle: Callable[..., Path], graph: str, capacity: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = load_engine(kind_bundle("llama", graph), EngineOptions(provider="cpu", max_batch=3))
+    assert engine.capacity == engine.info["max_batch"] == capacity
+    assert ("runs 1 sequence(s) at a time" in caplog.text) == (capacity == 1)
+    assert engine.generate(greedy("Hello")).usage.completion_tokens > 0
+    engine.close()

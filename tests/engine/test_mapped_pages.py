@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
+from edge_runtime.engine import EngineOptions, Sampling, load_engine
 from edge_runtime.engine import loader as loader_module
 from edge_runtime.engine.mapped_pages import (
     mappings,
@@ -73,7 +73,7 @@ def _released_then_kept(
     """Load and answer as the loader does, then load again with ``turn_off`` patched into the
     loader and check that the answer is the same. Returns ``measure()`` after the first load,
     after its answer, and after the second load."""
-    params = SamplingParams(max_tokens=24, temperature=0.0)
+    params = Sampling(max_tokens=24, temperature=0.0)
     prompt = list(range(200, 260))
     released = load_engine(bundle, EngineOptions(threads=2))
     after_load = measure()
@@ -158,7 +158,7 @@ def test_the_optimized_graph_cache_is_given_back_too(
     load_engine(bundle, options)  # builds the cache
     engine = load_engine(bundle, options)
     assert engine.report.optimized_cache_hit
-    engine.generate_ids(list(range(200, 260)), SamplingParams(max_tokens=8, temperature=0.0))
+    engine.generate_ids(list(range(200, 260)), Sampling(max_tokens=8, temperature=0.0))
     (data,) = cache.glob("*/model.onnx.data")
     # Inline initializers would sit on the heap for good: all but the tiny ones are external.
     assert data.stat().st_size > 0.97 * (bundle / "model.onnx.data").stat().st_size
@@ -221,7 +221,7 @@ def test_embedding_rows_cost_a_page_each(smollm2_bundle: Callable[..., Path]) ->
         pytest.skip("a tmpfs file's pages stay in the page cache")
     engine = load_engine(bundle, EngineOptions(threads=2))
     prompt = [(i * 7919) % 49000 + 100 for i in range(150)]
-    engine.generate_ids(prompt, SamplingParams(max_tokens=16, temperature=0.0))
+    engine.generate_ids(prompt, Sampling(max_tokens=16, temperature=0.0))
     resident_mb = sum(m.rss for m in mappings() if m.path.startswith(f"{bundle}/")) / 2**20
     # 166 rows and their scales, a page each: under 1.5 MB. With the kernel's fault-around
     # and read-ahead each row brought in 64 KB: the whole table.
@@ -270,6 +270,6 @@ def test_a_model_whose_tables_cannot_be_found_still_loads(
 
     monkeypatch.setattr(loader_module, "gathered_spans", unreadable)
     engine = load_engine(tiny_bundle("llama", "int4"), EngineOptions(threads=1))
-    answer = engine.generate_ids([5, 6, 7], SamplingParams(max_tokens=3), ignore_eos=True)
+    answer = engine.generate_ids([5, 6, 7], Sampling(max_tokens=3), ignore_eos=True)
     assert len(answer.token_ids) == 3
     assert "gathered tables" in caplog.text

@@ -18,14 +18,14 @@ LONG_PROMPT_TOKENS = 3000
 _SCRIPT = """
 import json, re, sys
 from pathlib import Path
-from edge_runtime.engine import EngineOptions, SamplingParams, load_engine
+from edge_runtime.engine import EngineOptions, Sampling, load_engine
 
 def rss_mb(key="VmRSS"):
     status = Path("/proc/self/status").read_text()
     return int(re.search(key + r":\\s+(\\d+)", status).group(1)) / 1024
 
 engine = load_engine(Path(sys.argv[1]), EngineOptions(threads=2))
-params = SamplingParams(max_tokens=16, temperature=0.0)
+params = Sampling(max_tokens=16, temperature=0.0)
 short = list(range(100, 140))
 first = engine.generate_ids(short, params)
 before = rss_mb()

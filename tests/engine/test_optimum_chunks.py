@@ -9,12 +9,13 @@ import pytest
 
 from edge_runtime.engine import OnnxEngine
 from edge_runtime.engine.runners import optimum
-from edge_runtime.engine.runners.optimum import OptimumRunner
+from edge_runtime.engine.runners.optimum import OptimumSlots
+from edge_runtime.engine.runners.single import SingleSequence
 
 PROMPT = np.array([(13 * i) % 250 + 2 for i in range(45)])
 
 
-def _prompt_then_greedy(runner: OptimumRunner, steps: int) -> list[np.ndarray]:
+def _prompt_then_greedy(runner: SingleSequence, steps: int) -> list[np.ndarray]:
     runner.reset()
     logits = [runner.forward(PROMPT)]
     for _ in range(steps):
@@ -25,13 +26,13 @@ def _prompt_then_greedy(runner: OptimumRunner, steps: int) -> list[np.ndarray]:
 def test_chunked_prompt_gives_the_logits_of_one_forward(
     tiny_engine: Callable[..., OnnxEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = tiny_engine("llama", "optimum").runner
-    assert isinstance(runner, OptimumRunner)
+    runner = tiny_engine("llama", "optimum").single_sequence()
+    assert isinstance(runner.slots, OptimumSlots)
     whole = _prompt_then_greedy(runner, 6)
     monkeypatch.setattr(optimum, "PREFILL_CHUNK", 10)  # 45 tokens: forwards of 10 x 4 and 5
     forwards: list[None] = []
-    run = runner._session.run_with_iobinding
-    monkeypatch.setattr(runner._session, "run_with_iobinding",
+    run = runner.slots._session.run_with_iobinding
+    monkeypatch.setattr(runner.slots._session, "run_with_iobinding",
                         lambda *args: (forwards.append(None), run(*args))[1])
     chunked = _prompt_then_greedy(runner, 6)
     assert len(forwards) == 5 + 6

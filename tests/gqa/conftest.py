@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,6 +29,19 @@ class Exported:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         return ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+
+    def slots(self, count: int = 1, max_length: int = MAX_LENGTH) -> Any:
+        """Return ``count`` KV slots on a new session of this graph."""
+        from edge_runtime.engine.runners.gqa import GqaSlots
+
+        bundle = SimpleNamespace(graph=self.spec, architecture=self.arch)
+        return GqaSlots(self.session(), bundle, slots=count, max_length=max_length)  # type: ignore[arg-type]
+
+    def runner(self, max_length: int = MAX_LENGTH) -> Any:
+        """Return one sequence driven directly on a new session of this graph."""
+        from edge_runtime.engine.runners.single import SingleSequence
+
+        return SingleSequence(self.slots(1, max_length))
 
 
 def _architecture(config: Any) -> Any:

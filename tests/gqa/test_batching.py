@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from edge_runtime.engine import SamplingParams, load_engine
-from edge_runtime.engine.batching import BatchingEngine
+from edge_runtime.engine import GenerationRequest, Sampling, load_engine
 from edge_runtime.engine.engine import OnnxEngine
+from edge_runtime.engine.scheduler import Scheduler
 from edge_runtime.engine.types import FinishReason, GenerationResult
 
 PROMPTS = [
@@ -29,54 +30,67 @@ MAX_TOKENS = [20, 7, 31, 12, 25, 16]  # different lengths: sequences leave at di
 @pytest.fixture(scope="module")
 def engine(tiny_bundle: Callable[..., Path]) -> OnnxEngine:
     loaded = load_engine(tiny_bundle("qwen2", "fp32"))
-    assert loaded.manifest.graph.kind == "gqa"
+    assert loaded.manifest.graph.kind == "gqa" and loaded.capacity == 1
     return loaded
 
 
+def held(engine: OnnxEngine, slots: int) -> OnnxEngine:
+    """The same model with ``slots`` slots, its scheduler held until ``start()``."""
+    batched = copy.copy(engine)
+    batched.scheduler = Scheduler(engine.new_slots(slots), start=False)
+    return batched
+
+
 @pytest.fixture
-def batching(engine: OnnxEngine) -> Iterator[BatchingEngine]:
+def batching(engine: OnnxEngine) -> Iterator[OnnxEngine]:
     # Started by _together once every request waits, so the batch really fills up.
-    batcher = BatchingEngine(engine, max_batch=4, start=False)
-    yield batcher
-    batcher.close()
+    batched = held(engine, 4)
+    yield batched
+    batched.close()
 
 
-def _params(max_tokens: int) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0)
+def _params(max_tokens: int) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=0.0)
+
+
+def _ids(engine: OnnxEngine, prompt: str) -> list[int]:
+    return engine.encode(GenerationRequest(prompt=prompt))
 
 
 def _alone(engine: OnnxEngine) -> list[GenerationResult]:
     return [
-        engine.generate_ids(engine.encode(p), _params(n), ignore_eos=True)
+        engine.generate_ids(_ids(engine, p), _params(n), ignore_eos=True)
         for p, n in zip(PROMPTS, MAX_TOKENS, strict=True)
     ]
 
 
-def _together(batcher: BatchingEngine, cancel: dict[int, threading.Event] | None = None) -> list:
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _together(batched: OnnxEngine, cancel: dict[int, threading.Event] | None = None) -> list:
     results: list[GenerationResult | None] = [None] * len(PROMPTS)
-    engine = batcher.engine
 
     def run(i: int) -> None:
         event = (cancel or {}).get(i)
-        ids = engine.encode(PROMPTS[i])
-        results[i] = batcher.generate_ids(
-            ids, _params(MAX_TOKENS[i]), cancel=event, ignore_eos=True
+        results[i] = batched.generate_ids(
+            _ids(batched, PROMPTS[i]), _params(MAX_TOKENS[i]), cancel=event, ignore_eos=True
         )
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
-    while batcher.waiting < len(PROMPTS) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    batcher.start()
+    _wait_for(lambda: batched.scheduler.waiting == len(PROMPTS))
+    batched.scheduler.start()
     for t in threads:
         t.join(timeout=120)
     return results
 
 
 def test_concurrent_greedy_generations_equal_sequential_ones(
-    engine: OnnxEngine, batching: BatchingEngine
+    engine: OnnxEngine, batching: OnnxEngine
 ) -> None:
     alone = _alone(engine)
     together = _together(batching)
@@ -86,8 +100,8 @@ def test_concurrent_greedy_generations_equal_sequential_ones(
         assert b.text == a.text
         assert b.finish_reason == FinishReason.LENGTH
         assert b.usage == a.usage
-    assert batching.peak_batch == 4  # the sequences really shared forwards
     counters = batching.counters
+    assert counters.peak_batch == 4  # the sequences really shared forwards
     assert counters.prefills == len(PROMPTS)
     # every token after each sequence's first (which comes from its prefill) is a decode row
     assert counters.decode_tokens == sum(len(r.token_ids) - 1 for r in together if r)
@@ -95,8 +109,16 @@ def test_concurrent_greedy_generations_equal_sequential_ones(
     assert counters.decode_tok_s > 0
 
 
+def test_waiting_for_a_slot_counts_as_queued(batching: OnnxEngine) -> None:
+    together = _together(batching)
+    # Four got a slot at once; the last two waited for a sequence to end.
+    waited = sorted(r.timings.queued_s for r in together if r)
+    first_to_end = min(r.timings.first_token_s + r.timings.decode_s for r in together if r)
+    assert waited[-1] >= first_to_end * 0.5 and waited[-1] > waited[0]
+
+
 def test_cancelling_one_sequence_leaves_the_others_intact(
-    engine: OnnxEngine, batching: BatchingEngine
+    engine: OnnxEngine, batching: OnnxEngine
 ) -> None:
     alone = _alone(engine)
     stop = threading.Event()
@@ -112,106 +134,120 @@ def test_cancelling_one_sequence_leaves_the_others_intact(
 
 
 def test_stream_yields_the_same_text_as_generate(
-    engine: OnnxEngine, batching: BatchingEngine
+    engine: OnnxEngine, batching: OnnxEngine
 ) -> None:
-    expected = engine.generate(PROMPTS[0], _params(12)).text
-    batching.start()
-    assert "".join(batching.stream(PROMPTS[0], _params(12))) == expected
+    request = GenerationRequest(prompt=PROMPTS[0], max_tokens=12, temperature=0.0)
+    expected = engine.generate(request).text
+    batching.scheduler.start()
+    assert "".join(batching.stream(request)) == expected
 
 
 def test_requests_after_close_are_refused(engine: OnnxEngine) -> None:
     from edge_runtime.errors import ShuttingDown
 
-    batcher = BatchingEngine(engine, max_batch=2)
-    batcher.close()
+    batched = held(engine, 2)
+    batched.close()
     with pytest.raises(ShuttingDown):
-        batcher.generate(PROMPTS[0], _params(4))
+        batched.generate(GenerationRequest(prompt=PROMPTS[0], max_tokens=4))
+
+
+def _record_steps(scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each prompt chunk (by prompt length) and each decode step, in order."""
+    steps: list[str] = []
+    fill, decode = scheduler._fill, scheduler._decode_step
+
+    def recorded_fill(sequence: Any) -> None:
+        steps.append(f"fill{len(sequence.prompt_ids)}")
+        fill(sequence)
+
+    def recorded_decode() -> None:
+        steps.append("decode")
+        decode()
+
+    monkeypatch.setattr(scheduler, "_fill", recorded_fill)
+    monkeypatch.setattr(scheduler, "_decode_step", recorded_decode)
+    return steps
 
 
 def test_a_long_prompt_is_read_a_chunk_at_a_time_while_the_others_decode(
     engine: OnnxEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_runtime.engine import batching as batching_module
+    from edge_runtime.engine import scheduler as scheduler_module
     from edge_runtime.engine.runners import gqa
 
     monkeypatch.setattr(gqa, "PREFILL_CHUNK", 8)
-    monkeypatch.setattr(batching_module, "INTERLEAVE_AFTER", 30)
+    monkeypatch.setattr(scheduler_module, "INTERLEAVE_AFTER", 30)
     long_ids = [(7 * i) % 200 + 3 for i in range(40)]  # five chunks; the others are shorter
-    jobs = [(engine.encode(PROMPTS[0]), 3), (engine.encode(PROMPTS[2]), 20), (long_ids, 6)]
+    jobs = [(_ids(engine, PROMPTS[0]), 3), (_ids(engine, PROMPTS[2]), 20), (long_ids, 6)]
     assert all(len(ids) <= 30 for ids, _ in jobs[:2])
     alone = [engine.generate_ids(ids, _params(n), ignore_eos=True) for ids, n in jobs]
 
-    batcher = BatchingEngine(engine, max_batch=4, start=False)
-    steps: list[str] = []
-    fill, decode = batcher._fill, batcher._decode_step
-    monkeypatch.setattr(batcher, "_fill", lambda r, n: (steps.append("fill"), fill(r, n))[1])
-    monkeypatch.setattr(batcher, "_decode_step", lambda: (steps.append("decode"), decode())[1])
+    batched = held(engine, 4)
+    steps = _record_steps(batched.scheduler, monkeypatch)
     results: list[GenerationResult | None] = [None] * len(jobs)
 
     def run(i: int) -> None:
         ids, n = jobs[i]
-        results[i] = batcher.generate_ids(ids, _params(n), ignore_eos=True)
+        results[i] = batched.generate_ids(ids, _params(n), ignore_eos=True)
 
     threads = []
     for i in range(len(jobs)):  # queued in this order: two short prompts, then the long one
         threads.append(threading.Thread(target=run, args=(i,)))
         threads[-1].start()
-        deadline = time.monotonic() + 30
-        while batcher.waiting <= i and time.monotonic() < deadline:
-            time.sleep(0.01)
-    batcher.start()
+        _wait_for(lambda i=i: batched.scheduler.waiting > i)
+    batched.scheduler.start()
     for t in threads:
         t.join(timeout=120)
-    batcher.close()
+    batched.close()
 
     assert [r.token_ids if r else None for r in results] == [a.token_ids for a in alone]
-    # Both short prompts at once, then the long one a chunk per step between decode steps;
-    # the first sequence ends (at the second decode step) while the long prompt is read.
-    assert steps[:2] == ["fill", "fill"], steps
-    assert steps[2:12] == ["fill", "decode"] * 5, steps
+    # Both short prompts are read whole before any decode step; then the long one a chunk
+    # per step between decode steps.
+    first_decode = steps.index("decode")
+    assert set(steps[: first_decode - 1]) <= {f"fill{len(ids)}" for ids, _ in jobs[:2]}, steps
+    assert steps[first_decode - 1 : first_decode + 9] == ["fill40", "decode"] * 5, steps
 
 
 def test_a_long_prompt_cancelled_while_it_is_read_frees_its_slot(
     engine: OnnxEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_runtime.engine import batching as batching_module
+    from edge_runtime.engine import scheduler as scheduler_module
     from edge_runtime.engine.runners import gqa
 
     monkeypatch.setattr(gqa, "PREFILL_CHUNK", 8)
-    monkeypatch.setattr(batching_module, "INTERLEAVE_AFTER", 30)
-    short = engine.encode(PROMPTS[2])
+    monkeypatch.setattr(scheduler_module, "INTERLEAVE_AFTER", 30)
+    short = _ids(engine, PROMPTS[2])
     long_ids = [(5 * i) % 200 + 3 for i in range(40)]
     alone = engine.generate_ids(short, _params(12), ignore_eos=True)
 
-    batcher = BatchingEngine(engine, max_batch=2, start=False)
+    batched = held(engine, 2)
+    scheduler = batched.scheduler
     stop = threading.Event()
-    fill = batcher._fill
+    fill = scheduler._fill
     read: list[int] = []  # how much of the long prompt is in, after each of its fills
 
-    def fill_then_cancel(request: Any, count: int) -> None:
-        fill(request, count)
-        if request.prompt_ids == long_ids:
-            read.append(request.length)
+    def fill_then_cancel(sequence: Any) -> None:
+        fill(sequence)
+        if sequence.prompt_ids == long_ids:
+            read.append(sequence.length)
             stop.set()  # the caller gives up after the first chunk of its prompt
 
-    monkeypatch.setattr(batcher, "_fill", fill_then_cancel)
+    monkeypatch.setattr(scheduler, "_fill", fill_then_cancel)
     results: dict[str, GenerationResult] = {}
 
     def run(name: str, ids: list[int], n: int, cancel: threading.Event | None) -> None:
-        results[name] = batcher.generate_ids(ids, _params(n), cancel=cancel, ignore_eos=True)
+        results[name] = batched.generate_ids(ids, _params(n), cancel=cancel, ignore_eos=True)
 
     first = threading.Thread(target=run, args=("short", short, 12, None))
     first.start()
-    while batcher.waiting < 1:
-        time.sleep(0.01)
+    _wait_for(lambda: scheduler.waiting >= 1)
     second = threading.Thread(target=run, args=("long", long_ids, 6, stop))
     second.start()
-    while batcher.waiting < 2:
-        time.sleep(0.01)
-    batcher.start()
+    _wait_for(lambda: scheduler.waiting >= 2)
+    scheduler.start()
     first.join(timeout=60)
     second.join(timeout=60)
-    batcher.close()
+    batched.close()
 
     assert results["long"].finish_reason == FinishReason.CANCELLED
     assert results["long"].token_ids == ()

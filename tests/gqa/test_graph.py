@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_runtime.engine.runners.gqa import GqaRunner
+from edge_runtime.engine.runners.single import SingleSequence
 from edge_runtime.errors import ContextLengthExceeded
 from tests.gqa.conftest import MAX_LENGTH, Exported
 
@@ -23,8 +23,8 @@ def torch_last_logits(model: Any, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0, -1].numpy()
 
 
-def runner_for(exported: Exported, max_length: int = MAX_LENGTH) -> GqaRunner:
-    return GqaRunner(exported.session(), exported.spec, exported.arch, max_length)
+def runner_for(exported: Exported, max_length: int = MAX_LENGTH) -> SingleSequence:
+    return exported.runner(max_length)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.engine.runners.gqa import CAPACITY_STEP, GqaRunner, GqaSlots
+from edge_runtime.engine.runners.gqa import CAPACITY_STEP
+from edge_runtime.engine.runners.single import SingleSequence
 from tests.gqa.conftest import Exported
 
 CONTEXT = 4 * CAPACITY_STEP
@@ -33,7 +34,7 @@ def long_export(
     return Exported(hf_dir, out / "model.onnx", None, arch, spec)
 
 
-def _greedy(runner: GqaRunner, prompt: list[int], steps: int) -> list[np.ndarray]:
+def _greedy(runner: SingleSequence, prompt: list[int], steps: int) -> list[np.ndarray]:
     logits = [runner.forward(np.array(prompt))]
     for _ in range(steps):
         logits.append(runner.forward(np.array([int(np.argmax(logits[-1]))])))
@@ -43,10 +44,10 @@ def _greedy(runner: GqaRunner, prompt: list[int], steps: int) -> list[np.ndarray
 def test_growing_mid_sequence_keeps_the_cached_tokens(long_export: Exported) -> None:
     e = long_export
     prompt = [(7 * i) % 200 + 3 for i in range(CAPACITY_STEP - 4)]
-    sized = GqaRunner(e.session(), e.spec, e.arch, CONTEXT)
+    sized = e.runner(CONTEXT)
     sized.reset(CONTEXT)
     assert sized.slots.capacity == CONTEXT
-    growing = GqaRunner(e.session(), e.spec, e.arch, CONTEXT)
+    growing = e.runner(CONTEXT)
     growing.reset()
     assert growing.slots.capacity == CAPACITY_STEP
     expected = _greedy(sized, prompt, 12)
@@ -58,7 +59,7 @@ def test_growing_mid_sequence_keeps_the_cached_tokens(long_export: Exported) -> 
 
 def test_a_long_request_gives_its_memory_back_to_the_next_short_one(long_export: Exported) -> None:
     e = long_export
-    runner = GqaRunner(e.session(), e.spec, e.arch, CONTEXT)
+    runner = e.runner(CONTEXT)
     runner.reset(CONTEXT)
     long_answer = _greedy(runner, PROMPT, 3)
     runner.reset(len(PROMPT) + 4)
@@ -72,8 +73,8 @@ def test_a_slot_joining_with_a_longer_need_leaves_the_active_one_intact(
     long_export: Exported,
 ) -> None:
     e = long_export
-    alone = _greedy(GqaRunner(e.session(), e.spec, e.arch, CONTEXT), PROMPT, 6)
-    slots = GqaSlots(e.session(), e.spec, e.arch, slots=2, max_length=CONTEXT)
+    alone = _greedy(e.runner(CONTEXT), PROMPT, 6)
+    slots = e.slots(2, CONTEXT)
     slots.fit(len(PROMPT) + 6)
     got = [slots.run(0, np.array([PROMPT]), np.zeros(1, np.int64))[0].copy()]
     length = len(PROMPT)
@@ -82,7 +83,7 @@ def test_a_slot_joining_with_a_longer_need_leaves_the_active_one_intact(
         got.append(slots.run(0, token, np.array([length]))[0].copy())
         length += 1
     newcomer = [(3 * i) % 150 + 2 for i in range(CAPACITY_STEP + 20)]
-    slots.reserve(len(newcomer) + 8)  # what the batching engine does when a request joins
+    slots.reserve(len(newcomer) + 8)  # what the scheduler does when a sequence joins
     assert slots.capacity > CAPACITY_STEP
     slots.run(1, np.array([newcomer]), np.zeros(1, np.int64))
     lengths = np.array([length, len(newcomer)])

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from edge_runtime.engine.runners import gqa
-from edge_runtime.engine.runners.gqa import GqaRunner
+from edge_runtime.engine.runners.single import SingleSequence
 from tests.gqa.conftest import MAX_LENGTH, Exported
 
 PROMPT = [(11 * i) % 250 + 2 for i in range(50)]
 
 
-def _greedy(runner: GqaRunner, steps: int) -> tuple[list[np.ndarray], list[int]]:
+def _greedy(runner: SingleSequence, steps: int) -> tuple[list[np.ndarray], list[int]]:
     runner.reset()
     logits = [runner.forward(np.array(PROMPT))]
     tokens: list[int] = []
@@ -24,7 +24,7 @@ def _greedy(runner: GqaRunner, steps: int) -> tuple[list[np.ndarray], list[int]]
     return logits, tokens
 
 
-def _count_forwards(runner: GqaRunner, monkeypatch: pytest.MonkeyPatch) -> list[None]:
+def _count_forwards(runner: SingleSequence, monkeypatch: pytest.MonkeyPatch) -> list[None]:
     session = runner.slots.session
     calls: list[None] = []
     run = session.run_with_iobinding
@@ -42,7 +42,7 @@ def test_chunked_prompt_gives_the_logits_of_one_forward(
     gqa_export: Callable[[str], Exported], monkeypatch: pytest.MonkeyPatch, arch: str
 ) -> None:
     e = gqa_export(arch)
-    runner = GqaRunner(e.session(), e.spec, e.arch, MAX_LENGTH)
+    runner = e.runner()
     monkeypatch.setattr(gqa, "PREFILL_CHUNK", MAX_LENGTH)
     whole, whole_tokens = _greedy(runner, 8)
     monkeypatch.setattr(gqa, "PREFILL_CHUNK", 16)  # 50 tokens: forwards of 16, 16, 16, 2

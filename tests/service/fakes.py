@@ -9,12 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge_runtime.engine.request import GenerationRequest
+from edge_runtime.engine.scheduler import SchedulerCounters
 from edge_runtime.engine.types import (
     DeltaCallback,
     FinishReason,
     GenerationResult,
-    Prompt,
-    SamplingParams,
     Timings,
     Usage,
 )
@@ -130,24 +130,30 @@ class FakeTransport:
 class FakeEngine:
     """Write ``max_tokens`` words, one every ``token_s``; ``stuck`` ignores cancel."""
 
-    def __init__(self, token_s: float = 0.0, stuck: threading.Event | None = None) -> None:
+    def __init__(
+        self, token_s: float = 0.0, stuck: threading.Event | None = None, capacity: int = 1
+    ) -> None:
         self.token_s = token_s
         self.stuck = stuck
+        self.capacity = capacity
+        self.counters = SchedulerCounters()
         self.calls = 0
+        self.closed = False
 
     @property
     def info(self) -> dict[str, object]:
         return {"model": "fake", "context_length": 64}
 
-    def generate(self, prompt: Prompt, params: SamplingParams, *, chat: bool = True,
-                 cancel: threading.Event | None = None,
-                 on_delta: DeltaCallback | None = None) -> GenerationResult:
+    def generate(self, request: GenerationRequest, *, cancel: threading.Event | None = None,
+                 on_delta: DeltaCallback | None = None,
+                 queued_since: float | None = None) -> GenerationResult:
         self.calls += 1
+        queued = time.monotonic() - queued_since if queued_since is not None else 0.0
         if self.stuck is not None:
             self.stuck.wait()
         pieces: list[str] = []
         reason = FinishReason.LENGTH
-        for i in range(params.max_tokens or 4):
+        for i in range(request.max_tokens or 4):
             if cancel is not None and cancel.is_set():
                 reason = FinishReason.CANCELLED
                 break
@@ -156,7 +162,8 @@ class FakeEngine:
             if on_delta:
                 on_delta(pieces[-1])
         text = "".join(pieces)
-        return GenerationResult(text, reason, Usage(3, len(pieces)), Timings(decode_s=0.01))
+        timings = Timings(queued_s=queued, decode_s=0.01)
+        return GenerationResult(text, reason, Usage(3, len(pieces)), timings)
 
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+    def close(self) -> None:
+        self.closed = True

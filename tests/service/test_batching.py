@@ -53,8 +53,48 @@ def test_batched_daemon_answers_like_the_sequential_one(
     assert _answers(probe, "four") == expected
 
     def shared_forwards(_r: object) -> bool:
-        return any((m.json().get("batching") or {}).get("peak_batch", 0) >= 2
+        return any((m.json().get("scheduler") or {}).get("peak_batch", 0) >= 2
                    for m in probe.on(STATS))
 
     assert probe.wait_for(shared_forwards, 10), "stats should show requests decoded together"
     assert batched.alive
+
+
+def test_an_odd_request_never_harms_the_others_in_its_batch(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    """Values the schema accepts at their extremes answer; the batch around them goes on."""
+    probe = client_factory(broker.port)
+    probe.subscribe("odd/#")
+    daemon = daemon_factory(broker, engine={"max_batch": 4})
+    odd = [{"temperature": 1e-300}, {"repetition_penalty": 1e-300},
+           {"temperature": 5, "top_p": 1e-9, "min_p": 1.0, "top_k": 1_000_000}]
+    for i, fields in enumerate(odd):
+        probe.publish(REQUEST, {"prompt": "Hello", "max_tokens": 40, **fields},
+                      response_topic=f"odd/{i}")
+    probe.publish(REQUEST, {"prompt": "The quick brown fox", "max_tokens": 40, "temperature": 0},
+                  response_topic="odd/plain")
+    for topic in [*(f"odd/{i}" for i in range(len(odd))), "odd/plain"]:
+        final = probe.wait_final(topic, 60)
+        assert_final(final)
+        assert final["finish_reason"] in ("stop", "length"), final
+    assert daemon.alive
+
+
+def test_waiting_for_a_batch_slot_shows_in_queued_s(
+    broker: MosquittoBroker,
+    daemon_factory: Callable[..., DaemonProcess],
+    client_factory: Callable[..., Probe],
+) -> None:
+    probe = client_factory(broker.port)
+    probe.subscribe("slot/#")
+    daemon_factory(broker, engine={"max_batch": 2})
+    for i in range(3):
+        probe.publish(REQUEST, {"prompt": "Tell me a long story", "max_tokens": 200,
+                                "temperature": 0, "stream": False}, response_topic=f"slot/{i}")
+    finals = [probe.wait_final(f"slot/{i}", 60) for i in range(3)]
+    first_done = min(f["timings"]["first_token_s"] + f["timings"]["decode_s"] for f in finals[:2])
+    # Two slots: the third waited until one of the first two had finished.
+    assert finals[2]["timings"]["queued_s"] >= 0.8 * first_done, finals

@@ -253,3 +253,12 @@ def test_cancel_a_running_generation_keeps_the_partial_text(state: Path) -> None
         final = h.transport.finals("r/c")[0]
         assert final["finish_reason"] == "cancelled"
         assert final["text"].startswith("w0 w1 ") and 2 <= final["usage"]["completion_tokens"] < 500
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_worker_threads_follow_the_engines_capacity(state: Path, capacity: int) -> None:
+    """The engine decided how many requests run at once; the daemon does not decide again."""
+    with Harness(state, engine=FakeEngine(capacity=capacity), queue_size=32) as h:
+        workers = [t for t in threading.enumerate() if t.name.startswith("edge-worker-")]
+        assert len(workers) == capacity
+        assert len(h.daemon.worker.running) == 0

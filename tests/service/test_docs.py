@@ -47,3 +47,9 @@ def test_schema_files_are_valid_json_schema(name: str) -> None:
     from tests.service.schemas import validator
 
     assert validator(name).schema["title"].startswith("edge-runtime")
+
+
+def test_published_schemas_are_the_ones_the_models_generate() -> None:
+    from edge_runtime.service.schemas import stale
+
+    assert stale(SCHEMA_DIR) == [], "run: edge-runtime schemas --write docs/schemas"

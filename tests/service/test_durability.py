@@ -197,7 +197,8 @@ def test_cancel_stops_requests_before_they_complete(
     daemon_factory(broker)
     probe = client_factory(broker.port)
     topics = _send_long(probe, "cancel", "k", 4)
-    # Cancel the first (running by now, or about to run) and the last (still queued).
+    # Cancel the first once it streams (running) and the last (still queued).
+    assert probe.wait_for(lambda _r: len(probe.chunks(topics[0])) > 0, 20)
     probe.publish(CANCEL, {"id": "k0"})
     probe.publish(CANCEL, {"id": "k3"})
     _exactly_one_final_each(probe, topics)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from edge_runtime.config import ServiceConfig
 from edge_runtime.service.protocol import (
     Inbound,
     Limits,
@@ -18,7 +19,7 @@ from edge_runtime.service.topics import Topics, topic_refusal
 from tests.service.schemas import assert_request
 
 TOPICS = Topics("edge", "dev1")
-PARSER = RequestParser(TOPICS, Limits())
+PARSER = RequestParser(TOPICS, Limits.from_config(ServiceConfig(device_id="dev1")))
 
 
 def _msg(body: dict, **fields: object) -> Inbound:

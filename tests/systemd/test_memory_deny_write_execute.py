@@ -28,9 +28,9 @@ try:  # prove the rule is in force: a writable+executable mapping must now be re
 except PermissionError:
     pass
 from edge_runtime.engine import EngineOptions, load_engine
-from edge_runtime.engine.types import SamplingParams
+from edge_runtime.engine import GenerationRequest
 engine = load_engine(sys.argv[1], EngineOptions(provider="cpu", threads=1))
-result = engine.generate("hello", SamplingParams(max_tokens=8, temperature=0), chat=False)
+result = engine.generate(GenerationRequest(prompt="hello", chat=False, max_tokens=8, temperature=0))
 print(result.usage.completion_tokens)
 """
 
