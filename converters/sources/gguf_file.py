@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from converters.errors import UnsupportedArchitecture
 from converters.sources import PreparedSource
+from converters.sources.gguf_config import config_fixes
 from converters.sources.gguf_meta import TOKEN_CONTROL, GGUFMeta, read_gguf
 from converters.sources.gguf_speed import fast_gguf_loading
 from converters.sources.gguf_tokenizer import write_tokenizer
@@ -63,13 +65,17 @@ class GGUFSource:
             link.symlink_to(self.path)
         return link_dir
 
-    def _save_model(self, link_dir: Path, hf_dir: Path, eos_ids: list[int]) -> None:
+    def _save_model(
+        self, link_dir: Path, hf_dir: Path, eos_ids: list[int], fixes: dict[str, Any]
+    ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         with fast_gguf_loading():
+            config = AutoConfig.from_pretrained(str(link_dir), gguf_file="model.gguf")
+            config = config.__class__.from_dict({**config.to_dict(), **fixes})
             model = AutoModelForCausalLM.from_pretrained(
-                str(link_dir), gguf_file="model.gguf", dtype=torch.float32
+                str(link_dir), gguf_file="model.gguf", config=config, dtype=torch.float32
             )
         if model.generation_config is not None:
             model.generation_config.eos_token_id = eos_ids
@@ -107,12 +113,13 @@ class GGUFSource:
                 f"{self.path}: GGUF architecture {meta.architecture!r} cannot be loaded; "
                 f"supported: {', '.join(sorted(supported))}"
             )
+        fixes = config_fixes(meta)  # before the slow dequantization: it may refuse the file
         template = meta.get("tokenizer.chat_template")
         add_bos = _default_add_bos(meta)
         eos_ids = turn_end_ids(meta, template)
         link_dir = self._link_dir(work_dir)
         hf_dir = work_dir / "hf"
-        self._save_model(link_dir, hf_dir, eos_ids)
+        self._save_model(link_dir, hf_dir, eos_ids, fixes)
         converted = self._converted_tokenizer(meta, link_dir, work_dir)
         write_tokenizer(meta, hf_dir, add_bos, converted)
         self._write_tokenizer_config(meta, hf_dir, add_bos, eos_ids, template)
