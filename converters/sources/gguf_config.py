@@ -39,6 +39,13 @@ def _tensor(path: Path, name: str) -> np.ndarray | None:
 def config_fixes(meta: GGUFMeta) -> dict[str, Any]:
     """Config fields (transformers names) the GGUF sets and transformers' loader does not."""
     arch = meta.architecture
+    if arch == "llama" and meta.get("general.name") == "mistral":
+        # transformers takes exactly this name for a "mistral" architecture, which its gguf
+        # package has no tensor names for.
+        raise UnsupportedArchitecture(
+            f"{meta.path}: a llama GGUF named 'mistral' cannot be loaded by transformers; "
+            "set another general.name (gguf_set_metadata.py) and convert again"
+        )
     a = f"{arch}."
     fixes: dict[str, Any] = {}
     key_length = meta.get(a + "attention.key_length")

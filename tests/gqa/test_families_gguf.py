@@ -151,6 +151,24 @@ def test_rope_freqs_that_are_not_llama3_scaling_are_refused(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_llama_gguf_named_mistral_is_refused_before_loading(tmp_path: Path) -> None:
+    import gguf
+
+    from converters.errors import UnsupportedArchitecture
+    from converters.sources.gguf_config import config_fixes
+    from converters.sources.gguf_meta import read_gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    writer.add_name("mistral")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedArchitecture, match=r"general\.name"):
+        config_fixes(read_gguf(tmp_path / "m.gguf"))
+
+
 def test_a_family_transformers_cannot_load_from_gguf_is_refused_by_name(tmp_path: Path) -> None:
     from converters import ConvertOptions, convert
     from converters.errors import UnsupportedArchitecture
