@@ -15,7 +15,7 @@ from typing import Any
 
 from converters.errors import CorruptSource, UnsupportedTokenizer
 from converters.sources.gguf_meta import TOKEN_CONTROL, TOKEN_USER_DEFINED, GGUFMeta
-from converters.sources.spm_reference import PROBE_TEXTS, SpmReference
+from converters.sources.spm_reference import PROBE_TEXTS, SpmReference, token_probes
 from converters.sources.spm_tokenizer import spm_tokenizer_json
 from converters.sources.spm_vocab import SpmVocab
 
@@ -164,8 +164,9 @@ def _check_whole_tokens(tok: Any, meta: GGUFMeta) -> None:
 
 
 def _check_against_reference(tok: Any, meta: GGUFMeta) -> None:
-    reference = SpmReference(SpmVocab.from_meta(meta))
-    for text in PROBE_TEXTS:
+    vocab = SpmVocab.from_meta(meta)
+    reference = SpmReference(vocab)
+    for text in (*PROBE_TEXTS, *token_probes(vocab)):
         got = tok.encode(text, add_special_tokens=False).ids
         want = reference.encode(text)
         if got != want:

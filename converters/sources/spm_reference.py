@@ -3,7 +3,8 @@
 This is the reference the rebuilt ``tokenizer.json`` is checked against. Steps:
 
 1. Split the raw text at every control, user-defined and unknown token, longest tokens
-   first, each occurrence matched whole as the vocabulary writes it.
+   first, each occurrence matched whole as the vocabulary writes it; for Phi-3, the
+   whitespace after most of them is dropped.
 2. Each piece of text between them gets a leading space when ``add_space_prefix`` is set
    (so the first piece and every piece after a matched token), then "▁" for each space.
 3. Merge adjacent symbols, starting from single characters: always the pair whose merged
@@ -19,7 +20,10 @@ from __future__ import annotations
 
 import heapq
 
+from converters.sources.gguf_meta import TOKEN_USER_DEFINED
 from converters.sources.spm_vocab import SPACE_MARK, SpmVocab, byte_piece
+
+ASCII_SPACE = " \t\n\v\f\r"  # what C's isspace() takes, as llama.cpp strips
 
 # Fixed texts the rebuilt tokenizer must split exactly as the reference does.
 PROBE_TEXTS = (
@@ -36,13 +40,22 @@ PROBE_TEXTS = (
 )
 
 
+def token_probes(vocab: SpmVocab, user_defined: int = 24, others: int = 8) -> list[str]:
+    """Return texts with whole-matched tokens inside, a spread of each kind."""
+    chosen: list[int] = []
+    for wanted, count in ((True, user_defined), (False, others)):
+        ids = [i for i in vocab.whole_ids if (vocab.types[i] == TOKEN_USER_DEFINED) == wanted]
+        chosen += ids[:: max(1, len(ids) // count)][:count]
+    return [f"a {vocab.tokens[i]} b\n c{vocab.tokens[i]}" for i in chosen]
+
+
 class SpmReference:
     """Encode text with the GGUF's own pieces, scores and token types."""
 
     def __init__(self, vocab: SpmVocab) -> None:
         self.vocab = vocab
         whole = sorted(vocab.whole_ids, key=lambda i: -len(vocab.tokens[i].encode("utf-8")))
-        self._whole = [(vocab.tokens[i], i) for i in whole]
+        self._whole = [(vocab.tokens[i], i, i in vocab.rstrip_ids) for i in whole]
 
     def encode(self, text: str) -> list[int]:
         """Return the token ids of ``text`` (no BOS or EOS)."""
@@ -60,8 +73,8 @@ class SpmReference:
 
     def _partition(self, text: str) -> list[str | int]:
         parts: list[str | int] = [text] if text else []
-        for token, token_id in self._whole:
-            parts = [piece for part in parts for piece in _split_at(part, token, token_id)]
+        for token, token_id, rstrip in self._whole:
+            parts = [p for part in parts for p in _split_at(part, token, token_id, rstrip)]
         return parts
 
     def _merge(self, text: str) -> list[int]:
@@ -107,13 +120,14 @@ class SpmReference:
         return ids
 
 
-def _split_at(part: str | int, token: str, token_id: int) -> list[str | int]:
+def _split_at(part: str | int, token: str, token_id: int, rstrip: bool) -> list[str | int]:
     if isinstance(part, int) or token not in part:
         return [part]
     pieces: list[str | int] = []
     for i, text in enumerate(part.split(token)):
         if i:
             pieces.append(token_id)
+            text = text.lstrip(ASCII_SPACE) if rstrip else text
         if text:
             pieces.append(text)
     return pieces

@@ -5,7 +5,8 @@ The ``tokenizers`` library runs the GGUF's own tokenization (see ``spm_reference
 - added tokens, not normalized, for every control, user-defined and unknown token, so each
   is matched whole in the raw text as the vocabulary writes it (Gemma's user-defined runs
   of spaces, tabs and newlines are literal there); control and unknown tokens are special,
-  user-defined ones are text and stay in decoded output;
+  user-defined ones are text and stay in decoded output; for Phi-3 they take the whitespace
+  after them along, as llama.cpp's rule for that model name does;
 - a normalizer that writes spaces as "▁", after a "▁" prefix when ``add_space_prefix`` is
   set (Llama 2, Mistral; not Gemma). It runs on each stretch of text between added tokens,
   so the prefix comes at the start and after every added token, as in llama.cpp;
@@ -43,7 +44,7 @@ def _added_tokens(vocab: SpmVocab) -> list[dict[str, Any]]:
             "content": vocab.tokens[i],
             "single_word": False,
             "lstrip": False,
-            "rstrip": False,
+            "rstrip": i in vocab.rstrip_ids,
             "normalized": False,
             "special": vocab.types[i] in (TOKEN_CONTROL, TOKEN_UNKNOWN),
         }

@@ -18,6 +18,10 @@ from converters.sources.gguf_meta import (
 
 SPACE_MARK = "\u2581"  # "▁", how SentencePiece writes a space inside its pieces
 WHOLE_TYPES = (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)
+# llama.cpp drops the whitespace after every whole-matched token of a model whose name says
+# Phi-3 (its tokenizer config strips it), except after these; and after "</s>" too.
+RSTRIP_NAMES = ("phi-3", "phi3")
+RSTRIP_KEPT = ("<unk>", "<s>", "<|endoftext|>")
 
 
 def byte_piece(value: int) -> str:
@@ -34,6 +38,7 @@ class SpmVocab:
     types: tuple[int, ...]
     unk_id: int | None
     add_space_prefix: bool
+    rstrip: bool = False  # whole-matched tokens drop the whitespace after them (Phi-3)
 
     @classmethod
     def from_meta(cls, meta: GGUFMeta) -> SpmVocab:
@@ -56,6 +61,7 @@ class SpmVocab:
             types=types,
             unk_id=int(unk) if unk is not None and int(unk) < len(tokens) else None,
             add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+            rstrip=any(n in str(meta.get("general.name", "")).lower() for n in RSTRIP_NAMES),
         )
 
     @cached_property
@@ -75,6 +81,14 @@ class SpmVocab:
     def whole_ids(self) -> list[int]:
         """Ids of the tokens matched whole in raw text: control, user-defined, unknown."""
         return [i for i, t in enumerate(self.types) if t in WHOLE_TYPES]
+
+    @cached_property
+    def rstrip_ids(self) -> frozenset[int]:
+        """Ids of the whole-matched tokens that drop the whitespace after them."""
+        if not self.rstrip:
+            return frozenset()
+        kept = {self.ids[t] for t in RSTRIP_KEPT if t in self.ids}
+        return frozenset(self.whole_ids) - kept
 
     @cached_property
     def byte_fallback(self) -> bool:

@@ -88,13 +88,16 @@ class Built:
 
 @pytest.fixture(scope="module", params=[GEMMA_STYLE, LLAMA2_STYLE], ids=lambda s: s.name)
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return build(request.param, tmp_path_factory.mktemp(request.param.name))
+
+
+def build(style: SpmStyle, folder: Path, name: str = "") -> Built:
+    """Train, write the GGUF, and rebuild its tokenizer into ``folder``."""
     import sentencepiece as spm
     from tokenizers import Tokenizer
 
-    style: SpmStyle = request.param
-    folder = tmp_path_factory.mktemp(style.name)
     proto = train_spm(style)
-    meta = read_gguf(write_spm_gguf(folder / "vocab.gguf", proto, style))
+    meta = read_gguf(write_spm_gguf(folder / "vocab.gguf", proto, style, name))
     write_tokenizer(meta, folder, add_bos=True)  # what conversion runs, checks included
     vocab = SpmVocab.from_meta(meta)
     return Built(
@@ -187,6 +190,15 @@ def test_a_tokenizer_that_splits_differently_is_refused(built: Built, tmp_path: 
     broken.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(CorruptSource, match="SentencePiece tokenization gives"):
         check_tokenizer(broken, built.meta)
+
+
+def test_phi3_drops_the_whitespace_after_its_tokens_as_llama_cpp_does(tmp_path: Path) -> None:
+    text = "[INST]\n What is 2 + 2? [/INST]  Four.<br> x"
+    stripped = "[INST]What is 2 + 2? [/INST]Four.<br>x"
+    phi3 = build(LLAMA2_STYLE, tmp_path, name="Phi-3 Mini 4k Instruct")
+    assert phi3.ids(text) == reference_ids(phi3, stripped)
+    other = build(LLAMA2_STYLE, tmp_path, name="Llama 2 7B")
+    assert other.ids(text) == reference_ids(other, text) != reference_ids(other, stripped)
 
 
 def _meta(fields: dict[str, Any]) -> GGUFMeta:
