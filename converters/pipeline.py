@@ -115,7 +115,10 @@ def _export(graph: str, model_type: str, hf_dir: Path, max_length: int, work: Pa
     except UnsupportedArchitecture as exc:
         if options.graph != "auto" or graph != "gqa":
             raise
-        fallback = choose_graph("optimum", model_type)
+        try:
+            fallback = choose_graph("optimum", model_type)
+        except UnsupportedArchitecture:
+            raise exc from None  # the fast graph's reason is the one that tells what to change
         message = f"the fast gqa graph cannot build this model ({exc}); using the {fallback} graph"
         logging.getLogger(__name__).warning(message)
         progress(message)
