@@ -192,3 +192,17 @@ def test_longrope_context_stops_at_the_pretrained_length(
     assert config["max_position_embeddings"] > config["original_max_position_embeddings"]
     context = read_manifest(family_bundle("phi3")).architecture.context_length
     assert context == config["original_max_position_embeddings"]
+
+
+def test_a_soft_capped_head_shares_its_int4_table_with_the_embedding(
+    family_bundle: Callable[..., Path],
+) -> None:
+    import onnx
+
+    graph = onnx.load(str(family_bundle("gemma2", "int4") / "model.onnx")).graph
+    producers = {out: n for n in graph.node for out in n.output}
+    assert producers["logits"].op_type == "Mul"  # cap * tanh(logits / cap)
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith(
+        "/lm_head/"))
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    assert gather.input[0] == head.input[1]  # one int4 table, read by both
