@@ -12,8 +12,9 @@ This is the reference the rebuilt ``tokenizer.json`` is checked against. Steps:
 4. A symbol outside the vocabulary becomes its UTF-8 bytes as ``<0xXX>`` tokens, or the
    unknown token (one for a run of them) when the vocabulary has no byte pieces.
 
-Merging forms normal pieces only, as SentencePiece does; llama.cpp would also form control,
-byte or unused pieces, which no text reaches in the vocabularies seen.
+Merging forms normal pieces only, as SentencePiece does. llama.cpp merges into any token, but
+the others are split out whole first (control, user-defined, unknown) or, in the vocabularies
+met so far, have no halves to be merged from (byte, unused).
 """
 
 from __future__ import annotations
