@@ -74,21 +74,24 @@ class HermesFormat:
         stand alone; ``content``: a JSON Schema the answer may follow instead of calling.
         """
         open_, close = self.marker(self.open, special), self.marker(self.close, special)
-        functions = " | ".join(f"fn{i}" for i in range(len(tools)))
+        body = f'"\\n" ({" | ".join(f"fn{i}" for i in range(len(tools)))}) "\\n" {close}'
+        more = ' ("\\n" call)*' if parallel else ""
         rules = [
-            'calls: call ("\\n" call)*' if parallel else "calls: call",
-            f'call: {open_} "\\n" ({functions}) "\\n" {close}',
+            f"call: {open_} {body}",
             *(f"fn{i}: {inline_json(tool.call_schema())}" for i, tool in enumerate(tools)),
         ]
         if content is not None:
-            rules.insert(0, "start: content | calls")
-            rules.append(f"content: {inline_json(content)}")
+            rules += [f"start: content | call{more}", f"content: {inline_json(content)}"]
         elif free_text:
-            rules.insert(0, "start: TEXT | TEXT? calls")
-            # Text may not spell out the marker: a call always goes through the grammar.
+            # Text may not spell out the opening marker: every call goes through the grammar.
             rules.append(f"TEXT: /(?s:.+)/ & ~/(?s:.*){re.escape(self.open)}(?s:.*)/")
+            if special:
+                rules.append(f"start: TEXT | TEXT? call{more}")
+            else:  # the text lexeme cannot give way to a marker it holds: end it lazily
+                rules.append(f"start: TEXT | head {body}{more}")
+                rules.append(f"head[lazy]: /(?s:.*){re.escape(self.open)}/")
         else:
-            rules.insert(0, "start: calls")
+            rules.append(f"start: call{more}")
         return "\n".join(rules) + "\n"
 
     def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
