@@ -240,11 +240,16 @@ def test_forced_tokens_skip_ahead_and_keep_the_answer_valid(
     jsonschema.validate(json.loads(engine_tokenizer.decode(ids)), schema)
 
 
-def test_a_refused_token_is_an_internal_error(factory: ConstraintFactory,
-                                              engine_tokenizer: Tokenizer) -> None:
+def test_a_token_the_mask_forbade_is_an_internal_error(
+    real: RealTokenizer, factory: ConstraintFactory, engine_tokenizer: Tokenizer
+) -> None:
     constraint = factory.compile({"type": "json_object"})
-    with pytest.raises(InternalError, match="refused"):
+    constraint.apply(np.zeros(real.vocab_size, dtype=np.float32))
+    with pytest.raises(InternalError, match="not allowed"):
         constraint.consume(engine_tokenizer.encode("hello")[0])
+    with pytest.raises(InternalError, match="not allowed"):
+        constraint.consume(real.eos_ids[0])
+    constraint.consume(engine_tokenizer.encode("{")[0])  # the state did not move
 
 
 def test_compiled_grammars_are_shared_but_states_are_not(

@@ -19,7 +19,8 @@ JSON_OPTIONS: dict[str, Any] = {
     "coerce_one_of": False,
     "lenient": False,
 }
-_EXCERPT = re.compile(r"^\s*(\d+\s*\||\^+\s*$)")  # a source line or caret line in an error
+# Lines of a library error that are not the message: source excerpts, carets, markers.
+_EXCERPT = re.compile(r"^\s*(\d+\s*\||\^+\s*$|<non-verbose/>$)")
 
 
 def one_line(message: str) -> str:

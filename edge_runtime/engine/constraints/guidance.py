@@ -24,7 +24,6 @@ from edge_runtime.engine.constraints.tools import HERMES, HermesFormat, chosen_t
 from edge_runtime.errors import BadRequest, BundleError, InternalError
 
 SPEC_TYPES = ("json_object", "json_schema", "lark", "regex", "tools")
-_TOO_COMPLEX = ("ParserTooComplex", "LexerTooComplex")
 _TEMPLATES = 16  # compiled grammars kept per bundle: machines tend to repeat one schema
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -57,6 +56,7 @@ class Constraint:
         self._blocked = np.empty(vocab_size, dtype=bool)
         self._pending: Future[float] | None = None
         self._ended = False
+        self._fresh = False  # the mask in _words is for the current state
         self._failure: BadRequest | None = None
 
     @property
@@ -92,17 +92,24 @@ class Constraint:
         return np.flatnonzero(np.isfinite(logits))
 
     def consume(self, token: int) -> None:
-        """Advance past ``token``, which must have been allowed by the last mask."""
+        """Advance past ``token``: one the last :meth:`apply` allowed, or one of :meth:`forced`.
+
+        A token the last mask forbade is the caller's fault (InternalError); one the library
+        allowed but then could not take means the grammar hit a limit (BadRequest).
+        """
         if self._pending is not None:
             self._wait()
         if self._failure is not None:
             raise self._failure
+        if self._fresh and not self._allowed(token):
+            raise InternalError(f"constraint: token {token} was not allowed here")
+        self._fresh = False
         if token in self._eos_set:
             if not self.accepting:
-                raise InternalError(f"end-of-sequence token {token} before the grammar is done")
+                raise InternalError(f"constraint: end-of-sequence {token} before the end")
             self._ended = True
         elif not self._matcher.consume_token(int(token)):
-            raise self._error(f"token {token} was refused")
+            raise self._grammar_failure()
 
     def forced(self) -> list[int]:
         """Return the tokens the grammar forces next (may be empty); consume them to skip ahead."""
@@ -132,7 +139,8 @@ class Constraint:
             self._failure = self._over_budget(elapsed)
             raise self._failure
         if self._matcher.is_error():
-            raise self._error("no token can follow")
+            raise self._grammar_failure()
+        self._fresh = True
 
     def _over_budget(self, elapsed: float) -> BadRequest:
         return BadRequest(
@@ -140,12 +148,17 @@ class Constraint:
             f"the limit is {self._budget_s * 1e3:.0f} ms"
         )
 
-    def _error(self, what: str) -> BadRequest | InternalError:
+    def _grammar_failure(self) -> BadRequest:
         message = one_line(self._matcher.get_error())
-        if self._matcher.stop_reason() in _TOO_COMPLEX:
-            self._failure = BadRequest(f"the grammar is too complex at this point: {message}")
-            return self._failure
-        return InternalError(f"constraint: {what}: {message}")
+        self._failure = BadRequest(f"the grammar failed at this point: {message}")
+        return self._failure
+
+    def _allowed(self, token: int) -> bool:
+        if not 0 <= token < self._vocab:
+            return False
+        if token in self._eos_set:
+            return self.accepting
+        return bool((int(self._words[token >> 5]) >> (token & 31)) & 1)
 
 
 class ConstraintFactory:
@@ -276,7 +289,7 @@ class ConstraintFactory:
                                budget_s=self.limits.mask_budget_ms / 1e3)
             try:
                 probe._check(probe._compute())
-            except (BadRequest, InternalError) as exc:
+            except BadRequest as exc:
                 raise BadRequest(f"grammar: {exc}") from exc
         if matcher.is_error():
             raise BadRequest(f"grammar: {one_line(matcher.get_error())}")

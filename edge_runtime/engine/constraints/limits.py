@@ -21,7 +21,7 @@ class ConstraintLimits:
     """
 
     max_spec_bytes: int = 64 * 1024
-    max_depth: int = 32
+    max_depth: int = 64  # of the JSON document: two levels per nested object schema
     max_tools: int = 64
     mask_budget_ms: float = 250.0
     max_grammar_size: int = 200_000
@@ -42,6 +42,7 @@ class ConstraintLimits:
             step_max_items=self.step_max_items,
             max_lexer_states=self.max_lexer_states,
             max_grammar_size=self.max_grammar_size,
+            verbose_errors=False,  # else errors carry the parser state and the whole grammar
         )
 
 
