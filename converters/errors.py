@@ -27,6 +27,10 @@ class UnsupportedArchitecture(SourceError):
     """The model's architecture cannot be exported."""
 
 
+class UnsupportedTokenizer(SourceError):
+    """The source's tokenizer is of a kind the converter cannot rebuild."""
+
+
 class HubUnavailable(SourceError):
     """A hub id was given but the Hugging Face hub cannot be reached."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def architecture(
     context = int(getattr(config, "max_position_embeddings", 0) or 2048)
     if max_context:
         context = min(context, max_context)
+    context = _rope_context(config, context)
     add_bos = prepared.add_bos_token
     if add_bos is None:
         add_bos = bool(tok_cfg.get("add_bos_token", False))
@@ -91,6 +93,21 @@ def architecture(
         pad_token_id=None if pad is None else int(_ids(pad)[0]),
         add_bos_token=add_bos,
     )
+
+
+def _rope_context(config: Any, context: int) -> int:
+    """Cap ``context`` where the exported rotary tables stop being right (LongRoPE)."""
+    from converters.gqa.rotary import context_limit
+
+    limit = context_limit(config)
+    if limit is None or context <= limit:
+        return context
+    logging.getLogger(__name__).warning(
+        "context capped at %d tokens: past its pretrained context this model re-rotates every "
+        "position with LongRoPE's long factors, which the exported graph does not",
+        limit,
+    )
+    return limit
 
 
 def chat_template(hf_dir: Path, prepared: PreparedSource) -> str | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from converters import __version__
-from converters.errors import MissingExtra, SourceError
+from converters.errors import MissingExtra, SourceError, UnsupportedArchitecture
 from converters.options import ConvertOptions
 from converters.progress import Progress, silent, step
 from converters.sources import PreparedSource, open_source
@@ -102,11 +103,35 @@ def _write_files(
     return template is not None
 
 
+def _export(graph: str, model_type: str, hf_dir: Path, max_length: int, work: Path,
+            options: ConvertOptions, progress: Progress) -> tuple[Path, GraphSpec]:
+    """Write the fp32 graph; under ``--graph auto`` a variant the gqa builder refuses (an
+    unknown rope scaling, say) goes to the generic optimum export, with a warning."""
+    from converters.export import choose_graph, export_graph
+
+    try:
+        return export_graph(graph, hf_dir, work / "fp32", max_length=max_length,
+                            trust_remote_code=options.trust_remote_code)
+    except UnsupportedArchitecture as exc:
+        if options.graph != "auto" or graph != "gqa":
+            raise
+        try:
+            fallback = choose_graph("optimum", model_type)
+        except UnsupportedArchitecture:
+            raise exc from None  # the fast graph's reason is the one that tells what to change
+        message = f"the fast gqa graph cannot build this model ({exc}); using the {fallback} graph"
+        logging.getLogger(__name__).warning(message)
+        progress(message)
+        shutil.rmtree(work / "fp32", ignore_errors=True)
+        return export_graph(fallback, hf_dir, work / "fp32", max_length=max_length,
+                            trust_remote_code=options.trust_remote_code)
+
+
 def _build(
     source: str | Path, out_dir: Path, options: ConvertOptions, progress: Progress, work: Path
 ) -> Manifest:
     from converters import metadata
-    from converters.export import choose_graph, export_graph
+    from converters.export import choose_graph
     from converters.onnx_io import check_model
     from converters.quantize import quantize
 
@@ -117,13 +142,8 @@ def _build(
         graph = choose_graph(options.graph, str(config.model_type))
         arch = metadata.architecture(prepared.hf_dir, config, prepared, options.max_context)
     with step(progress, f"export ({graph} graph)"):
-        fp32, spec = export_graph(
-            graph,
-            prepared.hf_dir,
-            work / "fp32",
-            max_length=arch.context_length,
-            trust_remote_code=options.trust_remote_code,
-        )
+        fp32, spec = _export(graph, str(config.model_type), prepared.hf_dir, arch.context_length,
+                             work, options, progress)
     calibrated = " with calibrated rounding" if options.calibrated else ""
     with step(progress, f"quantize ({options.quant}{calibrated})"):
         qdir = work / "quantized"

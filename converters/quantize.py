@@ -19,7 +19,7 @@ from converters.export.graph_edit import untie_lm_head
 from converters.onnx_io import save_model
 from converters.options import ConvertOptions
 from converters.progress import Progress, silent
-from converters.tied_table import share_head_table, tied_embedding
+from converters.tied_table import head_node, share_head_table, tied_embedding
 from edge_runtime.bundle import Quantization
 
 if TYPE_CHECKING:
@@ -61,12 +61,9 @@ def unquantized_weights(model: Any) -> list[str]:
 
 
 def lm_head_node(model: Any) -> str | None:
-    """Name of the MatMul that produces the logits, if there is one."""
-    outputs = {o.name for o in model.graph.output}
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and any(o in outputs for o in node.output):
-            return str(node.name)
-    return None
+    """Name of the MatMul that produces the logits (through a soft cap), if there is one."""
+    node = head_node(model, "MatMul")
+    return None if node is None else str(node.name)
 
 
 def _nbits(model: Any, bits: int, options: ConvertOptions, exclude: list[str],

@@ -26,11 +26,21 @@ def _attr(node: Any, name: str, default: int = 0) -> int:
     return next((int(a.i) for a in node.attribute if a.name == name), default)
 
 
-def _head(model: Any, op_type: str) -> Any | None:
-    """The ``op_type`` node that writes a graph output (the logits), if there is one."""
-    outputs = {o.name for o in model.graph.output}
-    return next((n for n in model.graph.node
-                 if n.op_type == op_type and any(o in outputs for o in n.output)), None)
+SOFT_CAP_OPS = ("Div", "Tanh", "Mul")
+"""Ops between a head and the logits when they are soft-capped (Gemma 2: cap * tanh(x / cap))."""
+
+
+def head_node(model: Any, op_type: str) -> Any | None:
+    """The ``op_type`` node that writes a graph output (the logits), directly or through a
+    soft cap, if there is one."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type in SOFT_CAP_OPS:
+            node = producers.get(node.input[0])
+        if node is not None and node.op_type == op_type:
+            return node
+    return None
 
 
 def tied_embedding(model: Any) -> str | None:
@@ -43,7 +53,7 @@ def tied_embedding(model: Any) -> str | None:
     """
     from onnx import numpy_helper
 
-    head = _head(model, "MatMul")
+    head = head_node(model, "MatMul")
     inits = {i.name: i for i in model.graph.initializer}
     if head is None or head.input[1] not in inits:
         return None
@@ -69,7 +79,7 @@ def share_head_table(model: Any, gather: str) -> bool:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    head = _head(model, "MatMulNBits")
+    head = head_node(model, "MatMulNBits")
     node = next((n for n in graph.node if n.name == gather and n.op_type == "Gather"), None)
     if head is None or node is None or len([i for i in head.input if i]) != 3:
         return False

@@ -9,10 +9,11 @@ Pure Python with no third-party dependencies, so it can run anywhere the daemon 
 
 from devices.board import BoardInfo, probe
 from devices.catalog import choose, detect, fit_to_memory, list_profiles, load_profile
-from devices.profile import KNOWN_PROVIDERS, Profile, ProfileError
+from devices.profile import KNOWN_PROVIDERS, MEMORY_LEVERS, Profile, ProfileError
 
 __all__ = [
     "KNOWN_PROVIDERS",
+    "MEMORY_LEVERS",
     "BoardInfo",
     "Profile",
     "ProfileError",

@@ -21,6 +21,13 @@ KNOWN_PROVIDERS = (
     "CPUExecutionProvider",
 )
 QUANTS = ("int4", "int8", "fp16", "fp32")
+# What the runtime may do with its pages (edge_runtime/memory.py says what each one does).
+MEMORY_LEVERS = (
+    "release_model_pages",
+    "release_code",
+    "trim_heap",
+    "huge_pages",
+)
 
 
 class ProfileError(ValueError):
@@ -52,6 +59,7 @@ class Profile:
     memory_max_mb: int
     device_allow: tuple[str, ...] = ()
     supplementary_groups: tuple[str, ...] = ()
+    memory: tuple[str, ...] = ()  # memory levers (MEMORY_LEVERS); empty: none
     notes: str = ""
     match: Match = field(default_factory=Match)
 
@@ -114,7 +122,7 @@ class Profile:
 
 
 _INT_FIELDS = ("threads", "context_cap", "memory_budget_mb", "memory_high_mb", "memory_max_mb")
-_TUPLE_FIELDS = ("providers", "device_allow", "supplementary_groups")
+_TUPLE_FIELDS = ("providers", "device_allow", "supplementary_groups", "memory")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -145,6 +153,12 @@ def _validate(p: Profile) -> None:
         raise ProfileError(
             f"profile {p.name}: unknown provider(s) {', '.join(unknown)}; "
             f"known: {', '.join(KNOWN_PROVIDERS)}"
+        )
+    levers = [name for name in p.memory if name not in MEMORY_LEVERS]
+    if levers:
+        raise ProfileError(
+            f"profile {p.name}: unknown memory lever(s) {', '.join(levers)}; "
+            f"known: {', '.join(MEMORY_LEVERS)}"
         )
     if p.context_cap < 1 or p.memory_budget_mb < 1:
         raise ProfileError(f"profile {p.name}: context_cap and memory_budget_mb must be positive")

@@ -24,7 +24,15 @@ from pathlib import Path
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "EDGE_RUNTIME_HUGE_PAGES"
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+THP_SIZE = Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
 _MIN_GLIBC = (2, 35)  # the first release with glibc.malloc.hugetlb
+WANTED_SIZE = 2 << 20
+"""The only huge page size asked for: 4 KiB base pages (x86-64, most arm64 kernels).
+
+With 16 KiB base pages (the Raspberry Pi 5's kernel) a huge page is 32 MiB, with 64 KiB
+pages 512 MiB: malloc would then back each large allocation in such units and hold far more
+memory than it uses, so huge pages stay off there.
+"""
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,19 @@ def thp_mode(path: Path = THP_ENABLED) -> str | None:
         return None
     start, end = text.find("["), text.find("]")
     return text[start + 1 : end] if 0 <= start < end else None
+
+
+def page_size() -> int:
+    """Return the kernel's base page size in bytes."""
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def huge_page_size(path: Path = THP_SIZE) -> int | None:
+    """Return the size of a transparent huge page (a PMD) in bytes, None if unknown."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def glibc_version() -> tuple[int, ...] | None:
@@ -65,8 +86,15 @@ def assess(
     environ: Mapping[str, str],
     mode: str | None,
     glibc: tuple[int, ...] | None,
+    size: int | None = WANTED_SIZE,
 ) -> HugePages:
-    """Say whether huge pages are on for a process started with ``environ``."""
+    """Say whether huge pages are on for a process started with ``environ``.
+
+    ``size`` is the kernel's huge page size (:func:`huge_page_size`).
+    """
+    if size is not None and size != WANTED_SIZE:
+        return HugePages(False, f"huge pages are {size >> 20} MiB on this kernel "
+                                f"({page_size() >> 10} KiB pages); only 2 MiB ones are used")
     if mode == "always":
         return HugePages(True, "the kernel's THP mode is 'always'")
     if mode != "madvise":
@@ -82,12 +110,15 @@ def assess(
 
 
 def environment_with_tunable(
-    environ: Mapping[str, str], mode: str | None, glibc: tuple[int, ...] | None
+    environ: Mapping[str, str],
+    mode: str | None,
+    glibc: tuple[int, ...] | None,
+    size: int | None = WANTED_SIZE,
 ) -> dict[str, str] | None:
     """Return the environment to re-execute with, or None when there is nothing to gain."""
     if environ.get(OPT_OUT) == "0" or tunable_set(environ):
         return None
-    if mode != "madvise" or glibc is None or glibc < _MIN_GLIBC:
+    if mode != "madvise" or glibc is None or glibc < _MIN_GLIBC or size != WANTED_SIZE:
         return None
     env = dict(environ)
     env["GLIBC_TUNABLES"] = ":".join(filter(None, (environ.get("GLIBC_TUNABLES"), TUNABLE)))
@@ -99,7 +130,7 @@ def reexec_with_huge_pages() -> None:
 
     Call it first thing in a console script: anything done before it is done twice.
     """
-    env = environment_with_tunable(os.environ, thp_mode(), glibc_version())
+    env = environment_with_tunable(os.environ, thp_mode(), glibc_version(), huge_page_size())
     argv = getattr(sys, "orig_argv", None)
     if env is None or not argv or not sys.executable:
         return
@@ -113,4 +144,4 @@ def reexec_with_huge_pages() -> None:
 
 def current() -> HugePages:
     """Describe this process."""
-    return assess(os.environ, thp_mode(), glibc_version())
+    return assess(os.environ, thp_mode(), glibc_version(), huge_page_size())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,8 +43,10 @@ class RunResult:
         return steps / self.decode_s if self.decode_s > 0 and steps > 0 else 0.0
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    """Parse the arguments every adapter takes."""
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """Parse the arguments every adapter takes, and those ``extra`` adds."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model-path", required=True, type=Path)
     parser.add_argument("--prompt-file", required=True, type=Path,
@@ -51,6 +54,8 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--max-new", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--streams", type=int, default=1)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 

@@ -2,6 +2,11 @@
 
     python -m benchmarks.stacks.edge --model-path BUNDLE --prompt-file P.json --threads 2
     python -m benchmarks.stacks.edge ... --streams 4     # concurrent streams
+    python -m benchmarks.stacks.edge ... --memory trim_heap,release_code --ort-cache DIR
+
+``--memory`` names the memory levers to pull (``off`` for none; by default the detected
+device profile's, as the daemon does); ``--ort-cache`` loads through the optimized-graph
+cache, as the daemon does.
 
 With ``--streams N`` the engine is loaded with ``max_batch`` N; the adapter first runs one
 stream alone (the single-stream figure, also the warm-up), then N threads that call
@@ -10,17 +15,21 @@ stream alone (the single-stream figure, also the warm-up), then N threads that c
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import devices
 from benchmarks.stacks.common import RunResult, emit, load_prompt, parse_args, peak_rss_mb
 from edge_runtime.engine import EngineOptions, GenerationResult, Sampling, load_engine
 from edge_runtime.engine.engine import OnnxEngine
 from edge_runtime.engine.scheduler import SchedulerCounters
 from edge_runtime.hugepages import current as huge_pages
 from edge_runtime.hugepages import reexec_with_huge_pages
+from edge_runtime.memory import MemoryPolicy
 
 
 @dataclass(frozen=True)
@@ -83,12 +92,27 @@ def _streams_figures(single: _Timed, runs: list[_Timed]) -> dict[str, object]:
     }
 
 
+def _memory_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--memory", help="memory levers, comma-separated, or 'off'")
+    parser.add_argument("--ort-cache", type=Path, help="optimized-graph cache folder")
+
+
+def memory_policy(spec: str | None) -> MemoryPolicy:
+    """Return the policy ``spec`` names: lever names, 'off', or None for the profile's."""
+    if spec is None:
+        return MemoryPolicy.from_names(devices.detect().memory)
+    return MemoryPolicy.from_names(n for n in spec.split(",") if n and n != "off")
+
+
 def main() -> int:
-    args = parse_args(__doc__ or "")
+    args = parse_args(__doc__ or "", _memory_arguments)
     _, ids = load_prompt(args.prompt_file)
-    options = EngineOptions(provider="cpu", threads=args.threads, max_batch=max(args.streams, 1))
+    options = EngineOptions(provider="cpu", threads=args.threads,
+                            optimized_model_dir=args.ort_cache,
+                            max_batch=max(args.streams, 1))
+    memory = memory_policy(args.memory)
     start = time.perf_counter()
-    engine = load_engine(args.model_path, options)
+    engine = load_engine(args.model_path, options, memory)
     load_s = time.perf_counter() - start
     graph = engine.manifest.graph.kind
     extra: dict[str, object] = {
@@ -96,6 +120,8 @@ def main() -> int:
         "quantization": engine.manifest.quantization.method,
         "bits": engine.manifest.quantization.bits,
         "huge_pages": huge_pages().active,
+        "memory": list(memory.names),
+        "cache_hit": engine.report.optimized_cache_hit,
     }
     timed = _run(engine, ids, args.max_new)
     if args.streams > 1:

@@ -18,7 +18,7 @@ DATA_FILE = "model.onnx.data"
 
 def supports(model_type: str) -> bool:
     """Return True when ``model_type`` (a HF ``config.model_type``) has a gqa builder."""
-    from converters.gqa.decoder import ARCHITECTURES
+    from converters.gqa.families import ARCHITECTURES
 
     return model_type in ARCHITECTURES
 
@@ -33,7 +33,7 @@ def export(hf_dir: Path, out_dir: Path, *, max_length: int) -> GraphSpec:
     import onnx
 
     from converters.errors import UnsupportedArchitecture
-    from converters.gqa.decoder import ARCHITECTURES
+    from converters.gqa.families import ARCHITECTURES
     from converters.gqa.weights import decoder_config, read_config
 
     raw = read_config(Path(hf_dir))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from converters.errors import UnsupportedArchitecture
 from converters.sources import PreparedSource
+from converters.sources.gguf_config import config_fixes
 from converters.sources.gguf_meta import TOKEN_CONTROL, GGUFMeta, read_gguf
 from converters.sources.gguf_speed import fast_gguf_loading
-from converters.sources.gguf_tokenizer import write_tokenizer
+from converters.sources.gguf_tokenizer import check_tokenizer_model, write_tokenizer
 from edge_runtime.bundle import Source, sha256_file
 
 # Tokens that end an assistant turn in common chat templates.
@@ -63,27 +65,21 @@ class GGUFSource:
             link.symlink_to(self.path)
         return link_dir
 
-    def _save_model(self, link_dir: Path, hf_dir: Path, eos_ids: list[int]) -> None:
+    def _save_model(
+        self, link_dir: Path, hf_dir: Path, eos_ids: list[int], fixes: dict[str, Any]
+    ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         with fast_gguf_loading():
+            config = AutoConfig.from_pretrained(str(link_dir), gguf_file="model.gguf")
+            config = config.__class__.from_dict({**config.to_dict(), **fixes})
             model = AutoModelForCausalLM.from_pretrained(
-                str(link_dir), gguf_file="model.gguf", dtype=torch.float32
+                str(link_dir), gguf_file="model.gguf", config=config, dtype=torch.float32
             )
         if model.generation_config is not None:
             model.generation_config.eos_token_id = eos_ids
         model.save_pretrained(str(hf_dir), safe_serialization=True)
-
-    def _converted_tokenizer(self, meta: GGUFMeta, link_dir: Path, work_dir: Path) -> Path | None:
-        if meta.get("tokenizer.ggml.model") == "gpt2":
-            return None  # built directly from the GGUF fields
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(link_dir), gguf_file="model.gguf")
-        out = work_dir / "converted-tokenizer"
-        tok.save_pretrained(str(out))
-        return out / "tokenizer.json"
 
     def _write_tokenizer_config(
         self, meta: GGUFMeta, hf_dir: Path, add_bos: bool, eos_ids: list[int], template: str | None
@@ -107,14 +103,15 @@ class GGUFSource:
                 f"{self.path}: GGUF architecture {meta.architecture!r} cannot be loaded; "
                 f"supported: {', '.join(sorted(supported))}"
             )
+        check_tokenizer_model(meta)  # before the slow dequantization
+        fixes = config_fixes(meta)  # before the slow dequantization: it may refuse the file
         template = meta.get("tokenizer.chat_template")
         add_bos = _default_add_bos(meta)
         eos_ids = turn_end_ids(meta, template)
         link_dir = self._link_dir(work_dir)
         hf_dir = work_dir / "hf"
-        self._save_model(link_dir, hf_dir, eos_ids)
-        converted = self._converted_tokenizer(meta, link_dir, work_dir)
-        write_tokenizer(meta, hf_dir, add_bos, converted)
+        self._save_model(link_dir, hf_dir, eos_ids, fixes)
+        write_tokenizer(meta, hf_dir, add_bos)
         self._write_tokenizer_config(meta, hf_dir, add_bos, eos_ids, template)
         name = str(meta.get("general.name") or re.sub(r"\.gguf$", "", self.path.name))
         facts = Source(

@@ -1,9 +1,10 @@
 """Build ``tokenizer.json`` from a GGUF's own tokenizer fields, and check it against them.
 
 transformers' GGUF tokenizer conversion has been seen wrong (eos, add_bos, special tokens,
-a SentencePiece decoder on a byte-level BPE), so for byte-level BPE ("gpt2") vocabularies the
-tokenizer is built here directly from ``tokenizer.ggml.*``; other kinds start from
-transformers' conversion and get the special-token fixes.
+a SentencePiece decoder on a byte-level BPE, Gemma's user-defined whitespace tokens), so
+the tokenizer is built here directly from ``tokenizer.ggml.*``: byte-level BPE ("gpt2")
+vocabularies below, SentencePiece-family ("llama") ones in ``spm_tokenizer``. Other kinds
+are refused.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from converters.errors import CorruptSource
+from converters.errors import CorruptSource, UnsupportedTokenizer
 from converters.sources.gguf_meta import TOKEN_CONTROL, TOKEN_USER_DEFINED, GGUFMeta
+from converters.sources.spm_reference import PROBE_TEXTS, SpmReference, token_probes
+from converters.sources.spm_tokenizer import spm_tokenizer_json
+from converters.sources.spm_vocab import SpmVocab
+
+# tokenizer.ggml.model values this module rebuilds, with what they are.
+SUPPORTED_MODELS = {"gpt2": "byte-level BPE", "llama": "SentencePiece"}
 
 # Pre-tokenizer split patterns by tokenizer.ggml.pre (the ones llama.cpp documents).
 _QWEN2 = (
@@ -127,44 +134,68 @@ def bpe_tokenizer_json(meta: GGUFMeta, add_bos: bool) -> dict[str, Any]:
     }
 
 
-def fix_special_tokens(doc: dict[str, Any], meta: GGUFMeta) -> dict[str, Any]:
-    """Mark every control/user-defined GGUF token special in a converted tokenizer.json."""
+def check_tokenizer_model(meta: GGUFMeta) -> str:
+    """Return the GGUF's tokenizer model, or raise if this module cannot rebuild it."""
+    model = meta.get("tokenizer.ggml.model")
+    if model in SUPPORTED_MODELS:
+        return str(model)
+    known = ", ".join(f"{name} ({kind})" for name, kind in SUPPORTED_MODELS.items())
+    what = "has no tokenizer" if model is None else f"has a {model!r} tokenizer"
+    raise UnsupportedTokenizer(
+        f"{meta.path}: GGUF {what} (tokenizer.ggml.model); the converter rebuilds {known}"
+    )
+
+
+def _whole_token_ids(meta: GGUFMeta) -> list[int]:
+    if meta.get("tokenizer.ggml.model") == "llama":
+        return SpmVocab.from_meta(meta).whole_ids
+    return special_token_ids(meta)
+
+
+def _check_whole_tokens(tok: Any, meta: GGUFMeta) -> None:
     tokens = [str(t) for t in meta.get("tokenizer.ggml.tokens", [])]
-    present = {entry["id"]: entry for entry in doc.get("added_tokens", [])}
-    for entry in _added_tokens(tokens, special_token_ids(meta)):
-        if entry["id"] in present:
-            present[entry["id"]]["special"] = True
-        else:
-            doc.setdefault("added_tokens", []).append(entry)
-    return doc
+    ids = _whole_token_ids(meta)
+    encoded = tok.encode_batch([tokens[i] for i in ids], add_special_tokens=False)
+    for i, encoding in zip(ids, encoded, strict=True):
+        if encoding.ids != [i]:
+            raise CorruptSource(
+                f"{meta.path}: special token {tokens[i]!r} encodes to {encoding.ids}, not [{i}]"
+            )
+
+
+def _check_against_reference(tok: Any, meta: GGUFMeta) -> None:
+    vocab = SpmVocab.from_meta(meta)
+    reference = SpmReference(vocab)
+    for text in (*PROBE_TEXTS, *token_probes(vocab)):
+        got = tok.encode(text, add_special_tokens=False).ids
+        want = reference.encode(text)
+        if got != want:
+            raise CorruptSource(
+                f"{meta.path}: rebuilt tokenizer splits {text!r} into {got}; "
+                f"the GGUF's own SentencePiece tokenization gives {want}"
+            )
 
 
 def check_tokenizer(path: Path, meta: GGUFMeta) -> None:
-    """Raise unless each special token encodes to its own GGUF id and decoding round-trips."""
+    """Raise unless special tokens encode whole, text round-trips, and ids match the GGUF's."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
-    tokens = [str(t) for t in meta.get("tokenizer.ggml.tokens", [])]
-    for i in special_token_ids(meta):
-        got = tok.encode(tokens[i], add_special_tokens=False).ids
-        if got != [i]:
-            raise CorruptSource(
-                f"{meta.path}: special token {tokens[i]!r} encodes to {got}, not [{i}]"
-            )
+    _check_whole_tokens(tok, meta)
     sample = "Hello, world! 12345\n  indented\tcafé 🙂"
     ids = tok.encode(sample, add_special_tokens=False).ids
     if tok.decode(ids) != sample:
         raise CorruptSource(f"{meta.path}: built tokenizer does not round-trip text")
+    if meta.get("tokenizer.ggml.model") == "llama":
+        _check_against_reference(tok, meta)
 
 
-def write_tokenizer(meta: GGUFMeta, out_dir: Path, add_bos: bool, converted: Path | None) -> None:
-    """Write tokenizer.json: built from the GGUF fields, or fixed from ``converted``."""
-    if meta.get("tokenizer.ggml.model") == "gpt2":
+def write_tokenizer(meta: GGUFMeta, out_dir: Path, add_bos: bool) -> None:
+    """Write tokenizer.json built from the GGUF's fields, and check it against them."""
+    if check_tokenizer_model(meta) == "gpt2":
         doc = bpe_tokenizer_json(meta, add_bos)
-    elif converted is not None:
-        doc = fix_special_tokens(json.loads(converted.read_text()), meta)
     else:
-        raise CorruptSource(f"{meta.path}: GGUF tokenizer model is not supported")
+        doc = spm_tokenizer_json(meta, add_bos)
     path = out_dir / "tokenizer.json"
     path.write_text(json.dumps(doc, ensure_ascii=False))
     check_tokenizer(path, meta)

@@ -8,18 +8,10 @@ import time
 from pathlib import Path
 
 from edge_runtime.bundle.manifest import Manifest
-from edge_runtime.bundle.onnx_refs import gathered_spans
 from edge_runtime.bundle.verify import verify_bundle
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.defaults import GenerationDefaults
 from edge_runtime.engine.engine import LoadReport, OnnxEngine
-from edge_runtime.engine.mapped_pages import (
-    mappings,
-    read_on_demand,
-    release_file_pages,
-    release_read_only_pages,
-    trim_heap,
-)
 from edge_runtime.engine.options import EngineOptions
 from edge_runtime.engine.providers import (
     CUDA,
@@ -31,6 +23,7 @@ from edge_runtime.engine.runners import RUNNERS, KvSlots, RunnerClass
 from edge_runtime.engine.session import create_session, default_threads
 from edge_runtime.engine.tokenizer import Tokenizer
 from edge_runtime.errors import BundleError
+from edge_runtime.memory import OFF, MemoryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +57,15 @@ def _template(root: Path, manifest: Manifest, tokenizer: Tokenizer) -> ChatTempl
     )
 
 
-def _release_model_pages(root: Path, options: EngineOptions, model_path: Path) -> None:
-    folders = [root, *([Path(options.optimized_model_dir)] if options.optimized_model_dir else [])]
-    maps = mappings()  # read once (20 ms with Qwen2.5-0.5B loaded); dropping pages moves none
-    released = release_file_pages(folders, maps)
-    log.info("gave back %.1f MB of mapped model pages", released / 2**20)
-    try:
-        spans = gathered_spans(model_path)
-        tables = sum(
-            read_on_demand(model_path.parent / span.location, span.offset, span.length, maps)
-            for span in spans
-        )
-    except (BundleError, OSError) as exc:  # a memory saving only: serve without it
-        log.warning("cannot find the model's gathered tables (%s)", exc)
-        return
-    log.info("%.1f MB of gathered tables read a page at a time", tables / 2**20)
+def _model_folders(root: Path, options: EngineOptions) -> list[Path]:
+    cache = [Path(options.optimized_model_dir)] if options.optimized_model_dir else []
+    return [root, *cache]
 
 
-def _release_library_pages() -> None:
-    released = release_read_only_pages()
-    log.info("gave back %.1f MB of library code and constants (read again when used)",
-             released / 2**20)
-
-
-def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) -> OnnxEngine:
-    """Verify the bundle at ``bundle_dir`` and load it for generation.
+def load_engine(
+    bundle_dir: Path | str, options: EngineOptions | None = None, memory: MemoryPolicy = OFF
+) -> OnnxEngine:
+    """Verify the bundle at ``bundle_dir`` and load it for generation, under ``memory``.
 
     Raises :class:`BundleError` for a bad bundle, :class:`ProviderUnavailable` when a
     required execution provider is missing, :class:`ModelUnavailable` when onnxruntime
@@ -105,20 +82,18 @@ def load_engine(bundle_dir: Path | str, options: EngineOptions | None = None) ->
         defaults = dataclasses.replace(defaults, max_tokens=options.default_max_tokens)
     plan = plan_providers(options)
     model_sha = manifest.files[manifest.model_file].sha256
-    # Code that imports and hashing used, dropped now so it does not add to the session's peak.
-    _release_library_pages()
+    memory.before_session()
     session, model_path, cache_hit = create_session(
         root / manifest.model_file, model_sha, plan, options
     )
-    _release_model_pages(root, options, model_path)
+    memory.after_session(_model_folders(root, options), model_path)
     # After the session, not before: the tokenizer's parse frees tens of MB (54 for Qwen2.5)
     # that would sit under ONNX Runtime's peak; here they are handed back before serving.
     tokenizer = Tokenizer(
         root / manifest.tokenizer_file, bos_id=arch.bos_token_id, add_bos=arch.add_bos_token
     )
     template = _template(root, manifest, tokenizer)
-    trim_heap()
-    _release_library_pages()
+    memory.after_load()
     active = tuple(session.get_providers())
     check_session_providers(plan, active, options.require)
     device = "cuda" if CUDA in active or TENSORRT in active else "cpu"

@@ -1,33 +1,28 @@
 """Give back the mapped pages that this process no longer reads: model files, library code.
 
+These are the page-level tools of the memory policy (``edge_runtime/memory.py``), which
+decides when, and whether, each is used.
+
 ONNX Runtime maps each external initializer from the bundle's data file and reads it while
 it repacks the int4 weights into buffers of its own; the kernels read those copies
-afterwards. The mapped pages of the scales stay resident all the same: 16 MB for
-SmolLM2-135M, 59 MB for Qwen2.5-0.5B, a second copy of what the repacked weights hold.
-``MADV_DONTNEED`` on a private file mapping drops its pages from this process; a page that
-is read again comes back from the page cache with the file's contents. ONNX Runtime maps the
-files writable (copy-on-write), so only mappings with no private copy of any page (smaps'
-``Anonymous: 0``) are released: there, nothing differs from the file and nothing is lost.
+afterwards, yet the mapped pages of the scales stay resident. ``MADV_DONTNEED`` on a private
+file mapping drops its pages from this process; a page that is read again comes back from
+the page cache with the file's contents. ONNX Runtime maps the files writable
+(copy-on-write), so only mappings with no private copy of any page (smaps' ``Anonymous: 0``)
+are released: there, nothing differs from the file and nothing is lost.
 
-A table that a gather node reads a row at a time (the embedding) stays mapped and is read
-as tokens arrive. On such a fault Linux also maps the neighbouring pages that are in the page
-cache ("fault-around", 64 KB), and reads ahead around it: each new token made 64 KB resident
-for a row of a few hundred bytes, 15 MB of SmolLM2's 17 MB table over one answer.
-:func:`read_on_demand` turns read-ahead off for the table's mappings (``MADV_RANDOM``) and
-drops its pages from the page cache once (``POSIX_FADV_DONTNEED``), so that later faults
-find no cached neighbours and bring in the one page they need.
+A table that a gather node reads a row at a time (the embedding) stays mapped and is read as
+tokens arrive. On such a fault Linux also maps the neighbouring pages that are in the page
+cache ("fault-around") and reads ahead around it, so each row of a few hundred bytes made
+tens of KB resident. :func:`read_on_demand` turns read-ahead off for the table's mappings
+(``MADV_RANDOM``) and drops its pages from the page cache once (``POSIX_FADV_DONTNEED``),
+so that later faults find no cached neighbours and bring in the one page they need.
 
-Loading also leaves the code and constant data of the libraries resident: ONNX Runtime's
-graph parsing and optimizing, protobuf, the bundle's hashing, the tokenizer's parser. After
-a SmolLM2-135M session is created, 30 MB of such pages are resident, and an answer reads
-back about 15 MB of them. :func:`release_read_only_pages` drops the pages of every private
-mapping that cannot be written (code, read-only data); those still in use come back from the
-page cache on first touch, as minor faults. The pages stay in the page cache: what falls is
-this process's resident set, which is what ``ps``, the memory targets and the OOM killer's
-ranking count, and unmapped pages are the ones the kernel reclaims first.
-
-:func:`trim_heap` hands back the free pages inside malloc's heap, which glibc otherwise keeps
-for later allocations.
+:func:`release_read_only_pages` drops the pages of every private mapping that cannot be
+written (the code and constants of the libraries, which loading leaves resident); those
+still in use come back from the page cache on first touch. :func:`trim_heap` hands back the
+free pages inside malloc's heap. Page sizes are read from the kernel (4 KiB, 16 KiB or
+64 KiB base pages), never assumed.
 """
 
 from __future__ import annotations
@@ -36,17 +31,18 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import mmap
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.hugepages import huge_page_size, page_size
+
 log = logging.getLogger(__name__)
 
 MAPS = Path("/proc/self/smaps")
 _MADV_RANDOM, _MADV_DONTNEED = 1, 4
-_FOLIO = 2 << 20
+_DEFAULT_FOLIO = 2 << 20
 _SYNC_WRITE_AND_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
 
 
@@ -149,17 +145,18 @@ def read_on_demand(
     """Make bytes ``offset .. offset + length`` of ``path`` resident only a page per read.
 
     Applies to this process's mappings of that range (``maps``, read from ``/proc`` when not
-    given: 20 ms with a 0.5B model loaded), and drops the range's pages from the page cache.
-    Returns how many mapped bytes now fault in one page at a time.
+    given), and drops the range's pages from the page cache. Returns how many mapped bytes
+    now fault in one page at a time.
     """
     file = str(path.resolve())
+    page = page_size()
     advised = 0
     for m in mappings() if maps is None else maps:
         start = max(offset, m.offset)
         end = min(offset + length, m.offset + m.end - m.start)
         if m.path != file or start >= end:
             continue
-        first = m.start + (start - m.offset) // mmap.PAGESIZE * mmap.PAGESIZE
+        first = m.start + (start - m.offset) // page * page
         last = m.start + end - m.offset
         if _madvise(first, last - first, _MADV_RANDOM, m.path):
             advised += last - first
@@ -178,13 +175,15 @@ def _madvise(start: int, size: int, advice: int, path: str) -> bool:
 def _drop_cached(path: str, offset: int, length: int) -> None:
     """Ask the kernel to evict a file range from the page cache (pages mapped anywhere stay).
 
-    The range is widened to whole multiples of ``_FOLIO``: the page cache keeps a file in
-    folios of up to 2 MiB, and keeps a folio that the range covers only in part. Dirty pages
-    cannot be dropped, so the range is written out first: a bundle converted a moment ago
-    (the quickstart serves right after converting) is still dirty in the page cache.
+    The range is widened to whole folios: the page cache keeps a file in folios of up to a
+    huge page (2 MiB with 4 KiB pages, 32 MiB with 16 KiB pages), and keeps a folio that the
+    range covers only in part. Dirty pages cannot be dropped, so the range is written out
+    first: a bundle converted a moment ago (the quickstart serves right after converting) is
+    still dirty in the page cache.
     """
-    start = offset // _FOLIO * _FOLIO
-    end = -(-(offset + length) // _FOLIO) * _FOLIO
+    folio = huge_page_size() or _DEFAULT_FOLIO
+    start = offset // folio * folio
+    end = -(-(offset + length) // folio) * folio
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:

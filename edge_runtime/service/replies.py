@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from edge_runtime.engine.request import StrictModel
 from edge_runtime.engine.types import GenerationResult
@@ -24,7 +24,7 @@ def _codes(schema: dict[str, Any]) -> None:
 class ErrorInfo(StrictModel):
     """Why a request failed: a stable code (see docs/protocol.md) and a message for people."""
 
-    model_config = {"json_schema_extra": _codes}
+    model_config = ConfigDict(json_schema_extra=_codes)
 
     code: str
     message: str
@@ -63,10 +63,10 @@ def _error_iff_failed(schema: dict[str, Any]) -> None:
 class Final(StrictModel):
     """Exactly one per request, through the durable outbox; it carries the whole text."""
 
-    model_config = {"json_schema_extra": _error_iff_failed}
+    model_config = ConfigDict(json_schema_extra=_error_iff_failed)
 
     id: str | None = Field(description="null only when the request carried no usable id.")
-    done: Literal[True] = True
+    done: Literal[True]
     text: str
     finish_reason: Literal["stop", "length", "cancelled", "error"]
     error: ErrorInfo | None = None
@@ -75,7 +75,8 @@ class Final(StrictModel):
 
 
 def _dump(model: StrictModel) -> bytes:
-    return model.model_dump_json(exclude_none=True).encode()
+    """Serialise what was set: an ``id`` of None is sent as null, an absent field not at all."""
+    return model.model_dump_json(exclude_unset=True).encode()
 
 
 def chunk_payload(request_id: str, seq: int, delta: str) -> bytes:
@@ -85,11 +86,13 @@ def chunk_payload(request_id: str, seq: int, delta: str) -> bytes:
 
 def _timings(result: GenerationResult) -> TimingsInfo:
     t, u = result.timings, result.usage
-    rate = (u.completion_tokens - 1) / t.decode_s if t.decode_s > 0 and u.completion_tokens > 1 else None
+    rate = None
+    if t.decode_s > 0 and u.completion_tokens > 1:
+        rate = (u.completion_tokens - 1) / t.decode_s
+    extra = {} if rate is None else {"tokens_per_s": round(rate, 2)}
     return TimingsInfo(
         queued_s=round(t.queued_s, 4), prefill_s=round(t.prefill_s, 4),
-        decode_s=round(t.decode_s, 4), first_token_s=round(t.first_token_s, 4),
-        tokens_per_s=None if rate is None else round(rate, 2),
+        decode_s=round(t.decode_s, 4), first_token_s=round(t.first_token_s, 4), **extra,
     )
 
 
@@ -102,10 +105,10 @@ def final_payload(request_id: str, result: GenerationResult) -> dict[str, Any]:
     """Build the final message for a finished generation."""
     u = result.usage
     final = Final(
-        id=request_id, text=result.text, finish_reason=result.finish_reason.value,
+        id=request_id, done=True, text=result.text, finish_reason=result.finish_reason.value,
         usage=_usage(u.prompt_tokens, u.completion_tokens), timings=_timings(result),
     )
-    return final.model_dump(mode="json", exclude_none=True)
+    return final.model_dump(mode="json", exclude_unset=True)
 
 
 def error_payload(
@@ -113,15 +116,15 @@ def error_payload(
 ) -> dict[str, Any]:
     """Build the final message for a request that failed with ``error``."""
     final = Final(
-        id=request_id, text=text, finish_reason="error",
+        id=request_id, done=True, text=text, finish_reason="error",
         error=ErrorInfo(code=error.code, message=error.message[:MAX_ERROR_MESSAGE]),
         usage=_usage(), timings=TimingsInfo(queued_s=round(max(queued_s, 0.0), 4)),
     )
-    return final.model_dump(mode="json", exclude_none=True)
+    return final.model_dump(mode="json", exclude_unset=True)
 
 
 def cancelled_payload(request_id: str) -> dict[str, Any]:
     """Build the final message for a request cancelled before it started."""
-    final = Final(id=request_id, text="", finish_reason="cancelled", usage=_usage(),
+    final = Final(id=request_id, done=True, text="", finish_reason="cancelled", usage=_usage(),
                   timings=TimingsInfo(queued_s=0.0))
-    return final.model_dump(mode="json", exclude_none=True)
+    return final.model_dump(mode="json", exclude_unset=True)

@@ -108,11 +108,25 @@ def test_overrides_replace_fields_and_keep_the_rest() -> None:
         ({"providers": []}, "at least one provider"),
         ({"default_quant": "int3"}, "default_quant must be one of"),
         ({"memory_max_mb": 100}, "memory_budget_mb <= memory_high_mb <= memory_max_mb"),
+        ({"memory": ["swap_to_sd_card"]}, "unknown memory lever.*swap_to_sd_card"),
+        ({"memory": "trim_heap"}, "memory must be a list"),
     ],
 )
 def test_bad_overrides_are_refused_clearly(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ProfileError, match=message):
         devices.load_profile("raspberry-pi-4").merged(overrides)
+
+
+def test_every_profile_names_its_memory_levers() -> None:
+    for name in devices.list_profiles():
+        profile = devices.load_profile(name)
+        assert set(profile.memory) <= set(devices.MEMORY_LEVERS), name
+        assert "memory" in (devices.profile.PROFILE_DIR / f"{name}.toml").read_text(), name
+
+
+def test_memory_levers_can_be_turned_off_by_an_override() -> None:
+    base = devices.load_profile("raspberry-pi-4")
+    assert base.merged({"memory": []}).memory == ()
 
 
 def test_profile_error_is_a_value_error_for_config_validators() -> None:

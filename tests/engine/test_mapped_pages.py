@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.engine import EngineOptions, Sampling, load_engine
-from edge_runtime.engine import loader as loader_module
 from edge_runtime.engine.mapped_pages import (
     mappings,
     read_on_demand,
     release_file_pages,
     release_read_only_pages,
 )
+from edge_runtime.memory import OFF, MemoryPolicy
 
 SIZE = 64 * mmap.PAGESIZE
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux")
@@ -67,22 +67,19 @@ def test_files_elsewhere_are_left_alone(mapped: tuple[Path, mmap.mmap], tmp_path
 
 
 def _released_then_kept(
-    bundle: Path, monkeypatch: pytest.MonkeyPatch, measure: Callable[[], int],
-    turn_off: dict[str, object],
+    bundle: Path, measure: Callable[[], int], on: MemoryPolicy
 ) -> tuple[int, int, int]:
-    """Load and answer as the loader does, then load again with ``turn_off`` patched into the
-    loader and check that the answer is the same. Returns ``measure()`` after the first load,
-    after its answer, and after the second load."""
+    """Load and answer under the policy ``on``, then load again with the policy off and check
+    that the answer is the same. Returns ``measure()`` after the first load, after its
+    answer, and after the second load."""
     params = Sampling(max_tokens=24, temperature=0.0)
     prompt = list(range(200, 260))
-    released = load_engine(bundle, EngineOptions(threads=2))
+    released = load_engine(bundle, EngineOptions(threads=2), on)
     after_load = measure()
     answer = released.generate_ids(prompt, params).token_ids
     after_answer = measure()
     del released
-    for name, value in turn_off.items():
-        monkeypatch.setattr(loader_module, name, value)
-    kept = load_engine(bundle, EngineOptions(threads=2))
+    kept = load_engine(bundle, EngineOptions(threads=2), OFF)
     kept_after_load = measure()
     assert kept.generate_ids(prompt, params).token_ids == answer
     return after_load, after_answer, kept_after_load
@@ -91,16 +88,16 @@ def _released_then_kept(
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_the_loaded_model_keeps_no_file_pages_and_answers_the_same(
-    smollm2_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+    smollm2_bundle: Callable[..., Path],
 ) -> None:
     bundle = smollm2_bundle("int4").resolve()
 
     def bundle_rss() -> int:
         return sum(m.rss for m in mappings() if m.path.startswith(f"{bundle}/"))
 
-    after_load, after_answer, kept = _released_then_kept(bundle, monkeypatch, bundle_rss, {
-        "release_file_pages": lambda folders, maps=None: 0,
-    })
+    after_load, after_answer, kept = _released_then_kept(
+        bundle, bundle_rss, MemoryPolicy(release_model_pages=True)
+    )
     assert after_answer < 2 * 2**20, "the kernels read the released pages back"
     # The scales of SmolLM2's int4 weights alone are 16 MB.
     assert kept - after_load > 10 * 2**20
@@ -131,7 +128,7 @@ def test_writable_mappings_are_not_read_only_pages(mapped: tuple[Path, mmap.mmap
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_loading_leaves_little_library_code_resident_and_answers_the_same(
-    smollm2_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+    smollm2_bundle: Callable[..., Path],
 ) -> None:
     bundle = smollm2_bundle("int4").resolve()
 
@@ -139,7 +136,7 @@ def test_loading_leaves_little_library_code_resident_and_answers_the_same(
         return sum(m.rss for m in mappings() if m.read_only and "onnxruntime" in m.path)
 
     after_load, after_answer, kept = _released_then_kept(
-        bundle, monkeypatch, runtime_code, {"release_read_only_pages": lambda: 0}
+        bundle, runtime_code, MemoryPolicy(release_code=True)
     )
     assert after_answer > after_load, "what an answer runs comes back on first touch"
     # Parsing and optimizing the graph alone leave more than 10 MB of the runtime's code.
@@ -155,8 +152,9 @@ def test_the_optimized_graph_cache_is_given_back_too(
     bundle = smollm2_bundle("int4").resolve()
     cache = tmp_path / "ort-cache"
     options = EngineOptions(threads=2, optimized_model_dir=cache)
-    load_engine(bundle, options)  # builds the cache
-    engine = load_engine(bundle, options)
+    policy = MemoryPolicy(release_model_pages=True)
+    load_engine(bundle, options, policy)  # builds the cache
+    engine = load_engine(bundle, options, policy)
     assert engine.report.optimized_cache_hit
     engine.generate_ids(list(range(200, 260)), Sampling(max_tokens=8, temperature=0.0))
     (data,) = cache.glob("*/model.onnx.data")
@@ -219,7 +217,7 @@ def test_embedding_rows_cost_a_page_each(smollm2_bundle: Callable[..., Path]) ->
     bundle = smollm2_bundle("int4").resolve()
     if _in_memory_filesystem(bundle):
         pytest.skip("a tmpfs file's pages stay in the page cache")
-    engine = load_engine(bundle, EngineOptions(threads=2))
+    engine = load_engine(bundle, EngineOptions(threads=2), MemoryPolicy(release_model_pages=True))
     prompt = [(i * 7919) % 49000 + 100 for i in range(150)]
     engine.generate_ids(prompt, Sampling(max_tokens=16, temperature=0.0))
     resident_mb = sum(m.rss for m in mappings() if m.path.startswith(f"{bundle}/")) / 2**20
@@ -263,13 +261,15 @@ def test_a_model_whose_tables_cannot_be_found_still_loads(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Reading rows a page at a time saves memory; failing to set it up must not stop serving."""
+    from edge_runtime.bundle import onnx_refs
     from edge_runtime.errors import BundleError
 
     def unreadable(path: Path) -> list[object]:
         raise BundleError("not a readable ONNX model (truncated field)", path)
 
-    monkeypatch.setattr(loader_module, "gathered_spans", unreadable)
-    engine = load_engine(tiny_bundle("llama", "int4"), EngineOptions(threads=1))
+    monkeypatch.setattr(onnx_refs, "gathered_spans", unreadable)
+    policy = MemoryPolicy(release_model_pages=True)
+    engine = load_engine(tiny_bundle("llama", "int4"), EngineOptions(threads=1), policy)
     answer = engine.generate_ids([5, 6, 7], Sampling(max_tokens=3), ignore_eos=True)
     assert len(answer.token_ids) == 3
     assert "gathered tables" in caplog.text

@@ -1,4 +1,4 @@
-"""The one decode loop, driven over scripted KV slots (no model): faults stay with their sequence."""
+"""The one decode loop over scripted KV slots (no model): faults stay with their sequence."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def scheduler() -> Iterator[Scheduler]:
     held.close()
 
 
-def sequence(tokenizer: Tokenizer, prompt: list[int], max_tokens: int, **fields: object) -> Sequence:
+def sequence(
+    tokenizer: Tokenizer, prompt: list[int], max_tokens: int, **fields: object
+) -> Sequence:
     resolved = resolve(Sampling.model_validate({"max_tokens": max_tokens, **fields}),
                        GenerationDefaults())
     decoding = Decoding(tokenizer, prompt, resolved, eos_ids=[], max_new_tokens=max_tokens,

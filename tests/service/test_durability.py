@@ -196,10 +196,14 @@ def test_cancel_stops_requests_before_they_complete(
 ) -> None:
     daemon_factory(broker)
     probe = client_factory(broker.port)
-    topics = _send_long(probe, "cancel", "k", 4)
-    # Cancel the first once it streams (running) and the last (still queued).
-    assert probe.wait_for(lambda _r: len(probe.chunks(topics[0])) > 0, 20)
+    probe.subscribe("cancel/#")
+    topics = [f"cancel/{i}" for i in range(4)]
+    # The first is cancelled right behind its request (running by then, or about to run),
+    # the last while it waits behind the others.
+    probe.publish(REQUEST, {"id": "k0", **LONG}, response_topic=topics[0])
     probe.publish(CANCEL, {"id": "k0"})
+    for i in (1, 2, 3):
+        probe.publish(REQUEST, {"id": f"k{i}", **LONG}, response_topic=topics[i])
     probe.publish(CANCEL, {"id": "k3"})
     _exactly_one_final_each(probe, topics)
     first, last = probe.finals(topics[0])[0], probe.finals(topics[-1])[0]
