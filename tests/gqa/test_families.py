@@ -206,3 +206,16 @@ def test_a_soft_capped_head_shares_its_int4_table_with_the_embedding(
         "/lm_head/"))
     gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
     assert gather.input[0] == head.input[1]  # one int4 table, read by both
+
+
+def test_a_generic_export_the_runtime_cannot_feed_is_refused(
+    tmp_path: Path, family_hf: Callable[[str], Path]
+) -> None:
+    from converters import ConvertOptions, convert
+    from converters.errors import UnsupportedArchitecture
+
+    # optimum exports Gemma without position_ids; the runtime's optimum runner feeds them.
+    with pytest.raises(UnsupportedArchitecture, match="position_ids"):
+        convert(family_hf("gemma2"), tmp_path / "out", ConvertOptions(quant="fp32",
+                                                                       graph="optimum"))
+    assert not (tmp_path / "out").exists()
