@@ -225,9 +225,10 @@ def test_a_generic_export_the_runtime_cannot_feed_is_refused(
 def test_rows_decoded_in_one_batch_get_the_logits_they_get_alone(
     family: str, family_bundle: Callable[..., Path]
 ) -> None:
-    from edge_runtime.engine.runners.gqa import GqaSlots
+    from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
 
     engine = engine_for(family_bundle(family))
+    assert isinstance(engine.runner, GqaRunner)
     prompts = [engine.tokenizer.encode(SHORT), engine.tokenizer.encode(LONG)[:30]]
     alone: list[list[np.ndarray]] = []
     paths: list[list[int]] = []
