@@ -28,8 +28,7 @@ from benchmarks.stacks.common import RunResult, emit, load_prompt, parse_args, p
 from edge_runtime.engine import EngineOptions, GenerationResult, SamplingParams, load_engine
 from edge_runtime.engine.batching import BatchCounters
 from edge_runtime.hugepages import current as huge_pages
-from edge_runtime.hugepages import reexec_with_huge_pages
-from edge_runtime.memory import MemoryPolicy
+from edge_runtime.memory import MemoryPolicy, install
 
 
 class _IdsEngine(Protocol):
@@ -116,6 +115,7 @@ def main() -> int:
     options = EngineOptions(provider="cpu", threads=args.threads,
                             optimized_model_dir=args.ort_cache)
     memory = memory_policy(args.memory)
+    install(memory)  # as `edge-runtime serve` does; huge pages re-execute this process
     start = time.perf_counter()
     engine = load_engine(args.model_path, options, memory)
     load_s = time.perf_counter() - start
@@ -183,5 +183,4 @@ def _phase_figures(
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()  # as the edge-runtime command does, so the figures are the daemon's
     raise SystemExit(main())
