@@ -11,10 +11,13 @@ cache dropped before every run:
 
 1. unconstrained (no limit) ``--baseline-runs`` times: the median decode speed is the
    reference, and the group's peak usage is where the search starts;
-2. a binary search over the limit in steps of ``--step`` MB: a limit passes when the run
-   finishes and decodes at >= ``--keep`` (0.9) of the reference speed; a run that is slower
-   is tried once more, since this host's speed swings. A run is stopped after
-   ``--timeout-factor`` times the reference run's wall time (at least ``--min-timeout`` s).
+2. a binary search over the limit in steps of ``--step`` MB (from ``--from-mb``, default 0,
+   up to the unconstrained peak usage): a limit passes when the run
+   finishes and decodes at >= ``--keep`` (0.9) of the reference speed, which is that of an
+   unconstrained run of the same stack right before it (so that a shared host's drift
+   cancels); a run that is slower is tried once more, with a new reference. A run is
+   stopped after ``--timeout-factor`` times the reference run's wall time (at least
+   ``--min-timeout`` s).
 
 The floor is the smallest passing limit. Stacks take turns probe by probe, so drift on a
 shared machine hits them alike. edge-runtime loads through its optimized-graph cache (built
@@ -52,7 +55,6 @@ class Contender:
     label: str
     plan: StackPlan
     args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Probe:
     limit_mb: int | None
     outcome: str
     decode_tps: float = 0.0
+    reference_tps: float = 0.0
     ratio: float = 0.0
     peak_rss_mb: float = 0.0
     group_peak_mb: float = 0.0
@@ -106,7 +109,6 @@ def _edge_contenders(plan: StackPlan, specs: list[str], cache: Path,
     """
     from benchmarks.prepacked import build_entry
     from benchmarks.stacks.edge import memory_policy
-    from edge_runtime.hugepages import OPT_OUT
 
     found = []
     for spec in specs:
@@ -119,10 +121,9 @@ def _edge_contenders(plan: StackPlan, specs: list[str], cache: Path,
         if prepacked:
             build_entry(plan.model_path, folder, threads)
         args = ("--memory", names, "--ort-cache", str(folder))
-        env = () if policy.huge_pages else ((OPT_OUT, "0"),)
         shown = named if named in ("profile", "off") else names
         label = f"{plan.label} [{shown}{' + prepacked' if prepacked else ''}]"
-        found.append(Contender(label, plan, args, env))
+        found.append(Contender(label, plan, args))
     return found
 
 
@@ -152,8 +153,7 @@ def run_once(contender: Contender, limit_mb: int | None, prompt_file: Path,
              args: argparse.Namespace, timeout_s: float, reference: float) -> Probe:
     """Drop the page cache, run the contender once under ``limit_mb``, and judge the run."""
     env = dict(os.environ, PYTHONPATH=str(sources.REPO), TQDM_DISABLE="1",
-               OMP_NUM_THREADS=str(args.threads), **dict(contender.plan.env),
-               **dict(contender.env))
+               OMP_NUM_THREADS=str(args.threads))
     cgroup.drop_page_cache()
     with cgroup.MemoryGroup(f"edge-floor-{os.getpid()}", limit_mb) as group:
         out = group.run(_command(contender, prompt_file, args), env, sources.REPO, timeout_s)
@@ -168,6 +168,7 @@ def run_once(contender: Contender, limit_mb: int | None, prompt_file: Path,
     else:
         probe.decode_tps = result["decode_tps"]
         probe.peak_rss_mb = result["peak_rss_mb"]
+        probe.reference_tps = reference
         probe.ratio = probe.decode_tps / reference if reference else 1.0
         probe.outcome = PASS if probe.ratio >= args.keep else SLOW
     return probe
@@ -211,16 +212,27 @@ def _baseline(searches: list[Search], prompt_file: Path, args: argparse.Namespac
     for search in searches:
         peak = max((p.group_peak_mb for p in search.baseline), default=0.0)
         search.hi = int(-(-peak // args.step) * args.step) + args.step
+        search.lo = min(args.from_mb // args.step * args.step, search.hi - args.step)
+
+
+def _reference(search: Search, prompt_file: Path, args: argparse.Namespace) -> float:
+    """The speed to compare a probe with: an unconstrained run right before it (``--paired``),
+    else the median of the unconstrained runs."""
+    if not args.paired:
+        return search.reference_tps
+    run = run_once(search.contender, None, prompt_file, args, _timeout(search, args), 0.0)
+    return run.decode_tps if run.outcome == PASS else search.reference_tps
 
 
 def _probe(search: Search, limit: int, prompt_file: Path, args: argparse.Namespace) -> None:
     timeout = _timeout(search, args)
-    probe = run_once(search.contender, limit, prompt_file, args, timeout, search.reference_tps)
+    reference = _reference(search, prompt_file, args)
+    probe = run_once(search.contender, limit, prompt_file, args, timeout, reference)
     _show(search, probe)
     if probe.outcome == SLOW:  # this host's speed swings: one more try before judging
         search.probes.append(probe)
-        probe = run_once(search.contender, limit, prompt_file, args, timeout,
-                         search.reference_tps)
+        reference = _reference(search, prompt_file, args)
+        probe = run_once(search.contender, limit, prompt_file, args, timeout, reference)
         _show(search, probe)
     search.probes.append(probe)
     if probe.outcome == PASS:
@@ -263,7 +275,7 @@ def summary(search: Search, step: int) -> dict[str, object]:
 def _below_text(row: dict[str, object]) -> str:
     below = row["below_floor"]
     if not isinstance(below, dict):
-        return "-"
+        return "not run (--from-mb)"
     if below["outcome"] == SLOW:
         return f"{below['limit_mb']} MB: {below['decode_tps']:.1f} tok/s ({below['ratio']:.2f}x)"
     return f"{below['limit_mb']} MB: {below['outcome']}"
@@ -316,9 +328,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new", type=int, default=128)
     parser.add_argument("--step", type=int, default=16, help="MB")
+    parser.add_argument("--from-mb", type=int, default=0,
+                        help="take limits up to this as failing without running them "
+                             "(saves probes where a floor is known to lie higher)")
     parser.add_argument("--keep", type=float, default=0.9,
                         help="share of the unconstrained decode speed a limit must keep")
     parser.add_argument("--baseline-runs", type=int, default=3)
+    parser.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare each probe with an unconstrained run just before it "
+                             "(default), rather than with the median of the first runs")
     parser.add_argument("--timeout-factor", type=float, default=4.0)
     parser.add_argument("--min-timeout", type=float, default=60.0)
     parser.add_argument("--warmup-timeout", type=float, default=900.0)

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import report, sources
 from benchmarks.machine import machine_info
 from benchmarks.stacks.common import RESULT_PREFIX
-from edge_runtime.hugepages import OPT_OUT
 
 PROMPT_FILE = sources.PROMPT_FILE
 RUN_TIMEOUT_S = 1800
@@ -40,7 +39,7 @@ class StackPlan:
     module: str
     model_path: Path
     quant: str
-    env: tuple[tuple[str, str], ...] = ()
+    args: tuple[str, ...] = ()
 
 
 def _anchor_ok(module: str) -> bool:
@@ -49,6 +48,14 @@ def _anchor_ok(module: str) -> bool:
         return False
     check = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True)
     return check.returncode == 0
+
+
+def _without_huge_pages() -> tuple[str, ...]:
+    """The edge adapter's arguments for the device profile's memory policy less huge pages."""
+    import devices
+
+    levers = [name for name in devices.detect().memory if name != "huge_pages"]
+    return ("--memory", ",".join(levers) or "off")
 
 
 def plan_stacks(spec: sources.ModelSpec, quants: list[str], skipped: list[str],
@@ -61,7 +68,7 @@ def plan_stacks(spec: sources.ModelSpec, quants: list[str], skipped: list[str],
             edge = StackPlan(f"edge-runtime {quant}", report.EDGE, Path(sys.executable),
                              "benchmarks.stacks.edge", bundle, quant)
             small_pages = StackPlan(f"{edge.label}, 4K pages", report.EDGE, edge.python,
-                                    edge.module, bundle, quant, ((OPT_OUT, "0"),))
+                                    edge.module, bundle, quant, _without_huge_pages())
             plans += {"on": [edge], "off": [small_pages], "both": [edge, small_pages]}[huge_pages]
         else:
             skipped.append(f"edge-runtime {quant}: no bundle at {bundle}")
@@ -101,9 +108,9 @@ def run_stack(plan: StackPlan, prompt_file: Path, args: argparse.Namespace,
     """Run one measurement in a fresh interpreter and return its result (or the error)."""
     cmd = [str(plan.python), "-m", plan.module, "--model-path", str(plan.model_path),
            "--prompt-file", str(prompt_file), "--threads", str(args.threads),
-           "--max-new", str(args.max_new), "--streams", str(streams)]
+           "--max-new", str(args.max_new), "--streams", str(streams), *plan.args]
     env = dict(os.environ, PYTHONPATH=str(sources.REPO), TQDM_DISABLE="1",
-               OMP_NUM_THREADS=str(args.threads), **dict(plan.env))
+               OMP_NUM_THREADS=str(args.threads))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=sources.REPO,
                               timeout=RUN_TIMEOUT_S)
@@ -241,8 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quality", action="store_true",
                         help="also run the quality guard (int4/int8 against fp32)")
     parser.add_argument("--huge-pages", choices=["on", "off", "both"], default="on",
-                        help="run edge-runtime with transparent huge pages as its command "
-                             "does (on), without (off), or both, alternating")
+                        help="run edge-runtime with the device profile's memory policy (on), "
+                             "the same without huge pages (off), or both, alternating")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--markdown", type=Path, help="write the printed tables here too")
     args = parser.parse_args(argv)

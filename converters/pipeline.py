@@ -127,6 +127,21 @@ def _export(graph: str, model_type: str, hf_dir: Path, max_length: int, work: Pa
                             trust_remote_code=options.trust_remote_code)
 
 
+def _check_inputs(model_path: Path, spec: GraphSpec, model_type: str) -> None:
+    """Refuse a graph without the inputs its runner feeds (optimum exports Gemma without
+    ``position_ids``), rather than write a bundle the runtime will not load."""
+    import onnx
+
+    names = {i.name for i in onnx.load(str(model_path), load_external_data=False).graph.input}
+    wanted = [n for n in (spec.input_ids, spec.attention_mask, spec.position_ids) if n]
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise UnsupportedArchitecture(
+            f"the {spec.kind} export of {model_type!r} has no {', '.join(missing)} input, "
+            "which the runtime feeds; this model cannot be converted with that graph"
+        )
+
+
 def _build(
     source: str | Path, out_dir: Path, options: ConvertOptions, progress: Progress, work: Path
 ) -> Manifest:
@@ -144,6 +159,7 @@ def _build(
     with step(progress, f"export ({graph} graph)"):
         fp32, spec = _export(graph, str(config.model_type), prepared.hf_dir, arch.context_length,
                              work, options, progress)
+        _check_inputs(fp32, spec, str(config.model_type))
     calibrated = " with calibrated rounding" if options.calibrated else ""
     with step(progress, f"quantize ({options.quant}{calibrated})"):
         qdir = work / "quantized"

@@ -1,15 +1,12 @@
 """Transparent huge pages for the model's weights (Linux with glibc).
 
-Every decode step reads all of the model's weights once. In 4 KiB pages the 0.5B int4
-default model spans about 110,000 pages per step, far more than the CPU's TLB holds; in
-2 MiB pages it spans about 220. ONNX Runtime allocates the weights with ``malloc``, and
-glibc's malloc asks the kernel for huge pages only when the tunable
+Every decode step reads all of the model's weights once, far more pages of 4 KiB than the
+CPU's TLB holds; in 2 MiB pages a few hundred. ONNX Runtime allocates the weights with
+``malloc``, and glibc's malloc asks the kernel for huge pages only when the tunable
 ``glibc.malloc.hugetlb=1`` is set, which glibc reads once, when the process starts. On
-kernels whose THP mode is ``madvise`` (the usual default, and the one on which nothing else
-gets huge pages), the ``edge-runtime`` command therefore re-executes itself with the tunable
-set, before anything is loaded: same process id, arguments and file descriptors.
-
-``EDGE_RUNTIME_HUGE_PAGES=0`` leaves malloc as it is. The gain is in docs/benchmarks.md.
+kernels whose THP mode is ``madvise`` (the usual default) a memory policy that wants huge
+pages (``edge_runtime/memory.py``) therefore re-executes the process with the tunable set,
+before anything is loaded: same process id, arguments and file descriptors.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TUNABLE = "glibc.malloc.hugetlb=1"
-OPT_OUT = "EDGE_RUNTIME_HUGE_PAGES"
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 THP_SIZE = Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
 _MIN_GLIBC = (2, 35)  # the first release with glibc.malloc.hugetlb
@@ -93,8 +89,8 @@ def assess(
     ``size`` is the kernel's huge page size (:func:`huge_page_size`).
     """
     if size is not None and size != WANTED_SIZE:
-        return HugePages(False, f"huge pages are {size >> 20} MiB on this kernel "
-                                f"({page_size() >> 10} KiB pages); only 2 MiB ones are used")
+        return HugePages(False, f"huge pages are {size >> 20} MiB on this kernel (base pages "
+                                "larger than 4 KiB); only 2 MiB ones are used")
     if mode == "always":
         return HugePages(True, "the kernel's THP mode is 'always'")
     if mode != "madvise":
@@ -104,8 +100,6 @@ def assess(
     if tunable_set(environ):
         value = environ["GLIBC_TUNABLES"]
         return HugePages(TUNABLE in value.split(":"), f"GLIBC_TUNABLES={value}")
-    if environ.get(OPT_OUT) == "0":
-        return HugePages(False, f"{OPT_OUT}=0")
     return HugePages(False, f"GLIBC_TUNABLES lacks {TUNABLE}")
 
 
@@ -116,7 +110,7 @@ def environment_with_tunable(
     size: int | None = WANTED_SIZE,
 ) -> dict[str, str] | None:
     """Return the environment to re-execute with, or None when there is nothing to gain."""
-    if environ.get(OPT_OUT) == "0" or tunable_set(environ):
+    if tunable_set(environ):
         return None
     if mode != "madvise" or glibc is None or glibc < _MIN_GLIBC or size != WANTED_SIZE:
         return None
@@ -128,7 +122,7 @@ def environment_with_tunable(
 def reexec_with_huge_pages() -> None:
     """Replace this process with itself plus the tunable, when that is wanted and possible.
 
-    Call it first thing in a console script: anything done before it is done twice.
+    Call it before any thread starts: anything done before it is done again.
     """
     env = environment_with_tunable(os.environ, thp_mode(), glibc_version(), huge_page_size())
     argv = getattr(sys, "orig_argv", None)

@@ -1,10 +1,12 @@
 """The memory policy: what the process does with its pages, chosen once per board.
 
 A device profile names the levers it wants (``memory = [...]`` in its TOML, overridable in
-the config's ``[device] overrides``; an empty list turns them all off). The service resolves
-the profile, builds a :class:`MemoryPolicy` and hands it to ``load_engine``, which calls the
-hooks at their moments, all before the service starts its worker threads. A program that
-loads a bundle as a library gets :data:`OFF` unless it passes a policy.
+the config's ``[device] overrides``; an empty list turns them all off). ``edge-runtime
+serve`` resolves the profile and calls :func:`install` before it loads anything or starts a
+thread: huge pages need glibc's tunable, which glibc reads only when a process starts, so
+``install`` re-executes the process with it when the policy wants them. ``load_engine`` then
+calls the policy's hooks at their moments. A program that loads a bundle as a library gets
+:data:`OFF` unless it installs or passes a policy.
 
 Each lever is kept only where it lowers the memory floor (the smallest cgroup limit at which
 decode keeps 90 % of its speed) or speeds decoding: docs/benchmarks.md has the figures.
@@ -80,6 +82,27 @@ class MemoryPolicy:
 
 
 OFF = MemoryPolicy()
+_installed = OFF
+
+
+def install(policy: MemoryPolicy) -> None:
+    """Make ``policy`` this process's; call it before any thread starts.
+
+    With huge pages wanted and glibc's tunable missing, the process is replaced by itself
+    with the tunable set (same id, arguments and descriptors): anything done before is done
+    again, so call it early.
+    """
+    global _installed
+    if policy.huge_pages:
+        from edge_runtime.hugepages import reexec_with_huge_pages
+
+        reexec_with_huge_pages()
+    _installed = policy
+
+
+def installed() -> MemoryPolicy:
+    """Return the policy :func:`install` set (:data:`OFF` until then)."""
+    return _installed
 
 
 def _release_code() -> None:

@@ -28,8 +28,7 @@ from edge_runtime.engine import EngineOptions, GenerationResult, Sampling, load_
 from edge_runtime.engine.engine import OnnxEngine
 from edge_runtime.engine.scheduler import SchedulerCounters
 from edge_runtime.hugepages import current as huge_pages
-from edge_runtime.hugepages import reexec_with_huge_pages
-from edge_runtime.memory import MemoryPolicy
+from edge_runtime.memory import MemoryPolicy, install
 
 
 @dataclass(frozen=True)
@@ -111,6 +110,7 @@ def main() -> int:
                             optimized_model_dir=args.ort_cache,
                             max_batch=max(args.streams, 1))
     memory = memory_policy(args.memory)
+    install(memory)  # as `edge-runtime serve` does; huge pages re-execute this process
     start = time.perf_counter()
     engine = load_engine(args.model_path, options, memory)
     load_s = time.perf_counter() - start
@@ -170,5 +170,4 @@ def _phase_figures(
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()  # as the edge-runtime command does, so the figures are the daemon's
     raise SystemExit(main())

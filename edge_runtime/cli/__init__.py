@@ -17,7 +17,6 @@ from importlib.metadata import entry_points
 
 from edge_runtime import __version__
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.hugepages import reexec_with_huge_pages
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -73,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The ``edge-runtime`` console script: huge pages first (see hugepages.py), then main."""
-    reexec_with_huge_pages()
+    """The ``edge-runtime`` console script."""
     sys.exit(main())
 
 

@@ -72,7 +72,7 @@ def collect(args: argparse.Namespace) -> list[Finding]:
     board_finding, board = check_board(args.root)
     profile_finding, profile = check_profile(config, board)
     findings += [board_finding, profile_finding, check_runtime(profile, board)]
-    findings.append(check_huge_pages(args.root))
+    findings.append(check_huge_pages(args.root, profile))
     bundle_finding, manifest = check_bundle(_bundle_path(config))
     findings.append(bundle_finding)
     if manifest is not None:

@@ -15,10 +15,11 @@ from edge_runtime.config import BrokerConfig, Config, resolve_secret
 from edge_runtime.errors import BundleError
 from edge_runtime.hugepages import (
     THP_ENABLED,
-    TUNABLE,
+    THP_SIZE,
     assess,
     environment_with_tunable,
     glibc_version,
+    huge_page_size,
     thp_mode,
 )
 
@@ -95,16 +96,21 @@ def check_runtime(profile: Profile | None, board: BoardInfo) -> Finding:
     return Finding("onnxruntime", WARN, summary, fix)
 
 
-def check_huge_pages(root: Path) -> Finding:
-    """Say whether the model's weights will sit in transparent huge pages (faster decode)."""
-    mode, glibc = thp_mode(root / THP_ENABLED.relative_to("/")), glibc_version()
-    state = assess(os.environ, mode, glibc)
+def check_huge_pages(root: Path, profile: Profile | None = None) -> Finding:
+    """Say whether the service will put the model's weights in transparent huge pages."""
+    if profile is not None and "huge_pages" not in profile.memory:
+        return Finding("huge pages", OK, f"off: not in profile {profile.name}'s memory policy")
+    mode = thp_mode(root / THP_ENABLED.relative_to("/"))
+    size = huge_page_size(root / THP_SIZE.relative_to("/"))
+    glibc = glibc_version()
+    state = assess(os.environ, mode, glibc, size)
     if state.active:
         return Finding("huge pages", OK, f"on: {state.reason}")
-    if environment_with_tunable(os.environ, mode, glibc) is None:  # off by choice or by need
-        return Finding("huge pages", OK, f"off: {state.reason}")
-    fix = f"start through the edge-runtime command, or set GLIBC_TUNABLES={TUNABLE}"
-    return Finding("huge pages", WARN, f"off: {state.reason}", fix)
+    env = environment_with_tunable(os.environ, mode, glibc, size)
+    if env is not None:
+        return Finding("huge pages", OK,
+                       f"on: the service starts with GLIBC_TUNABLES={env['GLIBC_TUNABLES']}")
+    return Finding("huge pages", OK, f"off: {state.reason}")
 
 
 def check_bundle(bundle: Path | None) -> tuple[Finding, Manifest | None]:

@@ -48,6 +48,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_runtime.memory import MemoryPolicy, install
     from edge_runtime.service.model import resolve_profile
 
     try:
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # A service should say when it is ready and why it stops, not only warnings.
         logging.getLogger("edge_runtime").setLevel(logging.INFO)
+    install(MemoryPolicy.from_names(profile.memory))  # before any thread: it may re-execute
     return serve(config)
 
 

@@ -23,7 +23,7 @@ from edge_runtime.engine.runners import RUNNERS, KvSlots, RunnerClass
 from edge_runtime.engine.session import create_session, default_threads
 from edge_runtime.engine.tokenizer import Tokenizer
 from edge_runtime.errors import BundleError
-from edge_runtime.memory import OFF, MemoryPolicy
+from edge_runtime.memory import MemoryPolicy, installed
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +63,20 @@ def _model_folders(root: Path, options: EngineOptions) -> list[Path]:
 
 
 def load_engine(
-    bundle_dir: Path | str, options: EngineOptions | None = None, memory: MemoryPolicy = OFF
+    bundle_dir: Path | str, options: EngineOptions | None = None,
+    memory: MemoryPolicy | None = None,
 ) -> OnnxEngine:
-    """Verify the bundle at ``bundle_dir`` and load it for generation, under ``memory``.
+    """Verify the bundle at ``bundle_dir`` and load it for generation.
+
+    ``memory`` is the memory policy (edge_runtime/memory.py); None takes the one the process
+    installed.
 
     Raises :class:`BundleError` for a bad bundle, :class:`ProviderUnavailable` when a
     required execution provider is missing, :class:`ModelUnavailable` when onnxruntime
     cannot load the graph.
     """
     options = options or EngineOptions()
+    memory = memory or installed()
     started = time.perf_counter()
     root = Path(bundle_dir)
     manifest = verify_bundle(root, check_hashes=options.verify_hashes)

@@ -177,3 +177,28 @@ def test_systemd_dropin_for_a_simulated_jetson(capsys: pytest.CaptureFixture[str
     assert code == 0
     assert out == devices.load_profile("jetson-agx-orin").systemd_dropin()
     assert "DeviceAllow=/dev/nvmap rw" in out
+
+
+def test_a_simulated_pi5_with_16k_pages_gets_no_huge_pages(
+    capsys: pytest.CaptureFixture[str], good_bundle: Path, open_broker: MosquittoBroker
+) -> None:
+    """The Pi 5's kernel has 16 KiB pages, so its huge pages are 32 MiB: not asked for."""
+    code, checks = doctor(capsys, "--root", str(FIXTURES / "raspberry-pi-5"),
+                          "--model", str(good_bundle), "--broker", open_broker.url)
+    assert code == 0
+    assert checks["huge pages"]["summary"].startswith("off: huge pages are 32 MiB")
+
+
+def test_huge_pages_left_out_of_the_memory_policy_are_reported_off(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, good_bundle: Path,
+    open_broker: MosquittoBroker,
+) -> None:
+    config = write_config(tmp_path, (
+        f'[model]\nbundle = "{good_bundle}"\n[device]\nprofile = "generic-x86_64"\n'
+        "overrides = { memory = [] }\n"
+    ))
+    code, checks = doctor(capsys, "--config", str(config), "--broker", open_broker.url)
+    assert code == 0
+    assert checks["huge pages"]["summary"] == (
+        "off: not in profile generic-x86_64's memory policy"
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.engine import EngineOptions, Sampling, load_engine
+from edge_runtime.engine import EngineOptions, Sampling, load_engine, mapped_pages
 from edge_runtime.engine.mapped_pages import (
     mappings,
     read_on_demand,
@@ -273,3 +273,27 @@ def test_a_model_whose_tables_cannot_be_found_still_loads(
     answer = engine.generate_ids([5, 6, 7], Sampling(max_tokens=3), ignore_eos=True)
     assert len(answer.token_ids) == 3
     assert "gathered tables" in caplog.text
+
+
+def test_rows_are_advised_in_whole_pages_of_the_kernels_size(
+    mapped: tuple[Path, mmap.mmap], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 16 KiB-page kernel (the Raspberry Pi 5's): advice starts on a 16 KiB boundary."""
+    path, _ = mapped
+    monkeypatch.setattr(mapped_pages, "page_size", lambda: 16384)
+    offset = 5 * 4096  # inside the second 16 KiB page
+    assert read_on_demand(path, offset, SIZE - offset) == SIZE - 16384
+
+
+def test_the_page_cache_is_dropped_in_whole_huge_pages_of_the_kernels_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 16 KiB pages a huge page, and so the largest folio, is 32 MiB, not 2 MiB."""
+    path = tmp_path / "table.bin"
+    path.write_bytes(b"\0" * 4096)
+    dropped: list[tuple[int, int]] = []
+    monkeypatch.setattr(mapped_pages, "huge_page_size", lambda: 32 << 20)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, start, length, advice:
+                        dropped.append((start, length)))
+    mapped_pages._drop_cached(str(path), (40 << 20) + 5, 100)
+    assert dropped == [(32 << 20, 32 << 20)]

@@ -208,3 +208,50 @@ def test_a_soft_capped_head_shares_its_int4_table_with_the_embedding(
         "/lm_head/"))
     gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
     assert gather.input[0] == head.input[1]  # one int4 table, read by both
+
+
+def test_a_generic_export_the_runtime_cannot_feed_is_refused(
+    tmp_path: Path, family_hf: Callable[[str], Path]
+) -> None:
+    from converters import ConvertOptions, convert
+    from converters.errors import UnsupportedArchitecture
+
+    # optimum exports Gemma without position_ids; the runtime's optimum runner feeds them.
+    with pytest.raises(UnsupportedArchitecture, match="position_ids"):
+        convert(family_hf("gemma2"), tmp_path / "out", ConvertOptions(quant="fp32",
+                                                                       graph="optimum"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_rows_decoded_in_one_batch_get_the_logits_they_get_alone(
+    family: str, family_bundle: Callable[..., Path]
+) -> None:
+    from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
+
+    engine = engine_for(family_bundle(family))
+    assert isinstance(engine.runner, GqaRunner)
+    prompts = [engine.tokenizer.encode(SHORT), engine.tokenizer.encode(LONG)[:30]]
+    alone: list[list[np.ndarray]] = []
+    paths: list[list[int]] = []
+    for prompt in prompts:  # each row alone: the prompt, then greedy steps
+        engine.runner.reset(len(prompt) + STEPS)
+        logits, steps, path = engine.runner.forward(np.asarray(prompt)), [], []
+        for _ in range(STEPS):
+            path.append(int(np.argmax(logits)))
+            logits = engine.runner.forward(np.asarray(path[-1:]))
+            steps.append(logits)
+        alone.append(steps)
+        paths.append(path)
+    manifest = engine.manifest
+    slots = GqaSlots(engine.runner.slots.session, manifest.graph, manifest.architecture,
+                     slots=2, max_length=engine.context_length)
+    for row, prompt in enumerate(prompts):
+        slots.run(row, np.asarray([prompt]), np.zeros(1, np.int64))
+    lengths = np.array([len(p) for p in prompts], np.int64)
+    for step in range(STEPS):  # rows of different lengths, past their windows, in one forward
+        tokens = np.array([[paths[0][step]], [paths[1][step]]], np.int64)
+        logits = slots.run(0, tokens, lengths)
+        lengths += 1
+        for row in range(2):
+            np.testing.assert_allclose(logits[row], alone[row][step], atol=1e-5, rtol=0)

@@ -19,12 +19,12 @@ from edge_runtime.engine.constraints.grammars import (
     regex_grammar,
     response_format_grammar,
 )
-from edge_runtime.engine.constraints.limits import ConstraintLimits
+from edge_runtime.engine.constraints.limits import ConstraintLimits, check_document
 from edge_runtime.engine.constraints.tools import HERMES, HermesFormat, chosen_tools, read_tools
 from edge_runtime.errors import BadRequest, BundleError, InternalError
 
 SPEC_TYPES = ("json_object", "json_schema", "lark", "regex", "tools")
-_TEMPLATES = 16  # compiled grammars kept per bundle: machines tend to repeat one schema
+_TEMPLATES = 8  # compiled grammars kept per bundle: machines tend to repeat one schema
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
@@ -251,6 +251,8 @@ class ConstraintFactory:
             raise BadRequest('tool_choice "none" needs no constraint')
         allowed, free_text = chosen
         content = _content_schema(spec.get("response_format")) if free_text else None
+        if content is not None:
+            check_document("response_format", content, self.limits)
         return self.tool_format.grammar(
             allowed,
             free_text=free_text,
