@@ -139,13 +139,25 @@ class OnnxEngine:
     def _start(
         self, request: GenerationRequest, cancel: threading.Event | None, submitted: float
     ) -> Sequence:
-        encoded = self._encode(request)
+        encoded = self._close_reasoning(request, self._encode(request))
         offered = request.tools is not None and request.tool_choice != "none"
         sequence = self._submit(encoded.ids, request, cancel, submitted,
                                 shape=self._shape(request, encoded, offered))
         if offered:
             sequence.tool_calls = parse_tool_calls
         return sequence
+
+    def _close_reasoning(self, request: GenerationRequest, encoded: EncodedPrompt) -> EncodedPrompt:
+        """Close a reasoning block the prompt opened when the request wants none.
+
+        R1-style templates open the reasoning themselves and have no switch: ``think: false``,
+        a budget of 0, or a constraint (whose grammar is for the answer) close it in the
+        prompt, so the model answers at once.
+        """
+        none_wanted = request.think is False or request.max_reasoning_tokens == 0
+        if not encoded.reasoning_open or not (none_wanted or request.constrained):
+            return encoded
+        return EncodedPrompt([*encoded.ids, *self.chat_format.close_reasoning], False)
 
     def _shape(self, request: GenerationRequest, encoded: EncodedPrompt, tools: bool) -> Shape:
         """Decide how the answer is shaped: constraint, markers, reasoning budget."""
@@ -156,9 +168,7 @@ class OnnxEngine:
             tool_choice=_plain(request.tool_choice),
             parallel_tool_calls=request.parallel_tool_calls,
         ) if request.constrained else None
-        budget = request.max_reasoning_tokens
-        if request.think is False and not fmt.think_switch and fmt.markers.think:
-            budget = 0  # no switch in the template: end the reasoning at once
+        budget = None if spec else request.max_reasoning_tokens
         return Shape(
             constraint=self.constraints.compile(spec) if spec else None,
             markers=Markers(fmt.markers.think, fmt.markers.tool_call if tools else None),

@@ -26,15 +26,20 @@ def scripted(output: str, **fields: Any) -> Any:
 
 
 def test_r1_reasoning_opened_by_the_prompt_is_kept_apart(engines: dict[str, OnnxEngine]) -> None:
+    """The prompt opened the block; the budget of 3 tokens closes it: 3 tokens of reasoning."""
     engine = engines["r1"]
     assert engine.chat_format.markers.think is not None and not engine.chat_format.think_switch
-    answer, thoughts = [], []
-    result = engine.generate(scripted(r"air scatters blue light\n</think>\n\nRayleigh\."),
-                             on_delta=answer.append, on_reasoning=thoughts.append)
-    assert result.reasoning == "air scatters blue light"
-    assert result.text == "Rayleigh."
+    answer: list[str] = []
+    thoughts: list[str] = []
+    request = parse_request({"prompt": "Why?", "max_tokens": 30, "temperature": 0.0,
+                             "max_reasoning_tokens": 3})
+    result = engine.generate(request, on_delta=answer.append, on_reasoning=thoughts.append)
+    ids = list(result.token_ids)
+    assert result.reasoning == engine.tokenizer.decode(ids[:3]).strip()
     assert "".join(answer) == result.text
     assert "".join(thoughts).strip() == result.reasoning
+    after = ids[3 + len(engine.chat_format.close_reasoning) :]
+    assert result.text == engine.tokenizer.decode(after).lstrip("\n")
 
 
 def test_qwen3_reasoning_opened_by_the_model_is_kept_apart(
@@ -53,16 +58,25 @@ def test_qwen3_switch_off_renders_an_empty_block(engines: dict[str, OnnxEngine])
     assert "</think>" not in on and off.endswith("<think>\n\n</think>\n\n")
 
 
-@pytest.mark.parametrize("fields", [{"max_reasoning_tokens": 3}, {"think": False}])
-def test_the_reasoning_budget_closes_the_block(
+def test_the_reasoning_budget_closes_the_block(engines: dict[str, OnnxEngine]) -> None:
+    engine = engines["r1"]
+    request = parse_request({"prompt": "Why?", "max_tokens": 40, "temperature": 0.0,
+                             "max_reasoning_tokens": 3})
+    ids = list(engine.generate(request).token_ids)
+    close = list(engine.chat_format.close_reasoning)
+    assert ids[3 : 3 + len(close)] == close, "the close marker came at the budget"
+
+
+@pytest.mark.parametrize("fields", [{"think": False}, {"max_reasoning_tokens": 0},
+                                    {"response_format": {"type": "json_object"}}])
+def test_no_reasoning_closes_the_block_in_the_prompt(
     engines: dict[str, OnnxEngine], fields: dict[str, Any]
 ) -> None:
-    """On R1 (no switch in its template) ``think: false`` is a budget of 0."""
+    """R1 has no switch: the block its template opened is closed before the model writes."""
     engine = engines["r1"]
-    request = parse_request({"prompt": "Why?", "max_tokens": 40, "temperature": 0.0, **fields})
-    result = engine.generate(request)
-    budget = fields.get("max_reasoning_tokens", 0)
+    request = parse_request({"prompt": "Why?", "max_tokens": 30, "temperature": 0.0, **fields})
     close = list(engine.chat_format.close_reasoning)
-    ids = list(result.token_ids)
-    assert ids[budget : budget + len(close)] == close, "the close marker came at the budget"
-    assert "</think>" not in result.text
+    result = engine.generate(request)
+    plain = len(engine.encode(request))
+    assert result.usage.prompt_tokens == plain + len(close)
+    assert result.reasoning == ""

@@ -95,10 +95,10 @@ def test_reasoning_streams_apart_from_the_answer(
     client_factory: Callable[..., Probe],
     styled_bundle: Callable[[str], Path],
 ) -> None:
-    daemon_factory(broker, model={"bundle": str(styled_bundle("r1"))})
+    daemon_factory(broker, model={"bundle": str(styled_bundle("qwen3"))})
     probe = client_factory(broker.port)
     probe.subscribe("think/#")
-    script = r"the sensor drifts\n</think>\n\nRecalibrate it\."
+    script = r"<think>\nthe sensor drifts\n</think>\n\nRecalibrate it\."
     probe.publish(REQUEST, {"prompt": "Why is the reading off?", "max_tokens": 100,
                             "grammar": {"type": "regex", "grammar": script}},
                   response_topic="think/1")
