@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,6 +73,15 @@ def rss_mb() -> float:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * 4096 / 2**20
+
+
+def chat_prompt(bundle: Path) -> str:
+    """Return PROMPT as one user turn through the bundle's own chat template."""
+    env = jinja2.Environment()
+    env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    template = env.from_string((bundle / "chat_template.jinja").read_text(encoding="utf-8"))
+    return template.render(messages=[{"role": "user", "content": PROMPT}],
+                           add_generation_prompt=True)
 
 
 def load_factory(bundle: Path, engine: Any) -> tuple[ConstraintFactory, dict[str, float]]:
@@ -129,7 +139,7 @@ def decode(engine: Any, factory: ConstraintFactory, prompt_ids: list[int], arm: 
 def bench_bundle(bundle: Path, tokens: int, rounds: int) -> dict[str, Any]:
     engine = load_engine(bundle, EngineOptions(provider="cpu"))
     factory, costs = load_factory(bundle, engine)
-    prompt_ids = engine.encode(PROMPT)
+    prompt_ids = engine.tokenizer.encode(chat_prompt(bundle))
     decode(engine, factory, prompt_ids, "schema", 8)  # warm the session and the mask path
     runs: list[ArmRun] = []
     for _ in range(rounds):
