@@ -57,11 +57,6 @@ def _template(root: Path, manifest: Manifest, tokenizer: Tokenizer) -> ChatTempl
     )
 
 
-def _model_folders(root: Path, options: EngineOptions) -> list[Path]:
-    cache = [Path(options.optimized_model_dir)] if options.optimized_model_dir else []
-    return [root, *cache]
-
-
 def load_engine(
     bundle_dir: Path | str, options: EngineOptions | None = None,
     memory: MemoryPolicy | None = None,
@@ -88,10 +83,9 @@ def load_engine(
     plan = plan_providers(options)
     model_sha = manifest.files[manifest.model_file].sha256
     memory.before_session()
-    session, model_path, cache_hit = create_session(
+    session, _, cache_hit = create_session(
         root / manifest.model_file, model_sha, plan, options
     )
-    memory.after_session(_model_folders(root, options), model_path)
     # After the session, not before: the tokenizer's parse frees tens of MB (54 for Qwen2.5)
     # that would sit under ONNX Runtime's peak; here they are handed back before serving.
     tokenizer = Tokenizer(
