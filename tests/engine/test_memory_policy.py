@@ -28,7 +28,12 @@ def test_an_unknown_lever_is_refused_with_the_known_ones() -> None:
 def trims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the heap trims, and leave the process's policy as it was."""
     calls: list[int] = []
-    monkeypatch.setattr(mapped_pages, "trim_heap", lambda: calls.append(1) or True)
+
+    def trim_heap() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(mapped_pages, "trim_heap", trim_heap)
     monkeypatch.setattr(memory, "_installed", OFF)
     return calls
 
