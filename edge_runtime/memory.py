@@ -14,21 +14,19 @@ decode keeps 90 % of its speed) or speeds decoding: docs/benchmarks.md has the f
 
 from __future__ import annotations
 
-import logging
+import ctypes
+import ctypes.util
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 from devices import MEMORY_LEVERS
 from edge_runtime.errors import ConfigError
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class MemoryPolicy:
     """Which memory levers this process pulls; field names are the profiles' lever names."""
 
-    release_code: bool = False
     trim_heap: bool = False
     huge_pages: bool = False
 
@@ -48,19 +46,10 @@ class MemoryPolicy:
         """The levers pulled, in the profiles' order."""
         return tuple(f.name for f in fields(self) if getattr(self, f.name))
 
-    def before_session(self) -> None:
-        """Drop the code that imports and hashing used, so it does not sit under the peak."""
-        if self.release_code:
-            _release_code()
-
     def after_load(self) -> None:
-        """Hand malloc's free pages and the code used while loading back to the system."""
+        """Hand the free pages in malloc's heap back (the tokenizer's parse leaves many)."""
         if self.trim_heap:
-            from edge_runtime.engine.mapped_pages import trim_heap
-
             trim_heap()
-        if self.release_code:
-            _release_code()
 
 
 OFF = MemoryPolicy()
@@ -87,9 +76,13 @@ def installed() -> MemoryPolicy:
     return _installed
 
 
-def _release_code() -> None:
-    from edge_runtime.engine.mapped_pages import release_read_only_pages
-
-    released = release_read_only_pages()
-    log.info("gave back %.1f MB of library code and constants (read again when used)",
-             released / 2**20)
+def trim_heap() -> bool:
+    """Return the free pages of malloc's heap to the system; False where malloc cannot
+    (``malloc_trim`` is glibc's)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True

@@ -82,7 +82,6 @@ def load_engine(
         defaults = dataclasses.replace(defaults, max_tokens=options.default_max_tokens)
     plan = plan_providers(options)
     model_sha = manifest.files[manifest.model_file].sha256
-    memory.before_session()
     session, _, cache_hit = create_session(
         root / manifest.model_file, model_sha, plan, options
     )
