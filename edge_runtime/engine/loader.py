@@ -85,8 +85,8 @@ def load_engine(
     session, _, cache_hit = create_session(
         root / manifest.model_file, model_sha, plan, options
     )
-    # After the session, not before: the tokenizer's parse frees tens of MB (54 for Qwen2.5)
-    # that would sit under ONNX Runtime's peak; here they are handed back before serving.
+    # After the session, not before: the tokenizer's parse frees tens of MB that would sit
+    # under ONNX Runtime's peak; the policy's heap trim (after_load) hands them back.
     tokenizer = Tokenizer(
         root / manifest.tokenizer_file, bos_id=arch.bos_token_id, add_bos=arch.add_bos_token
     )
