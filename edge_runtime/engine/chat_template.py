@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
 from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edge_runtime.errors import BadRequest, BundleError
 

@@ -52,7 +52,7 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Return float32 probabilities for ``logits`` (normalized with a float64 sum)."""
     values = np.asarray(logits, dtype=np.float32)
-    probs = values - values.max()
+    probs: np.ndarray = values - values.max()
     # exp(-80) is still a normal float32: no slow denormals, and such tokens are never drawn.
     np.maximum(probs, _FLOOR, out=probs)
     np.exp(probs, out=probs)
