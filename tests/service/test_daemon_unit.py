@@ -166,7 +166,7 @@ def test_generation_past_its_deadline_is_stopped_with_expired(state: Path) -> No
 
 def test_store_failure_is_an_internal_error_reply_not_silence(state: Path) -> None:
     class FullStore(Store):
-        def accept(self, key: str, record: str) -> None:
+        def accept(self, *args: Any) -> None:
             raise StoreError("database or disk is full")
 
     with Harness(state, store=FullStore(state)) as h:
