@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.broker import BrokerAuth, MosquittoBroker, Pki
+from tests.fixtures.disk import SmallDisk, can_mount
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
 
@@ -46,8 +47,10 @@ def broker_factory(
 ) -> Iterator[Callable[..., MosquittoBroker]]:
     started: list[MosquittoBroker] = []
 
-    def make(auth: BrokerAuth | None = None, pki: Pki | None = None) -> MosquittoBroker:
-        broker = MosquittoBroker(tmp_path / f"broker{len(started)}", auth, pki)
+    def make(
+        auth: BrokerAuth | None = None, pki: Pki | None = None, **options: Any
+    ) -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path / f"broker{len(started)}", auth, pki, **options)
         _keep_log(request, f"broker{len(started)} log", broker.log_path)
         broker.start()
         started.append(broker)
@@ -109,3 +112,23 @@ def client_factory() -> Iterator[Callable[..., Probe]]:
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[..., SmallDisk]]:
+    """Return ``make(size_mb=16, kind="ext4")`` -> a mounted small file system (root only).
+
+    Ask for it before ``daemon_factory`` so that the daemons are gone before it unmounts.
+    """
+    if not can_mount():
+        pytest.skip("needs root (mount, mkfs.ext4, chattr) to make real disk faults")
+    made: list[SmallDisk] = []
+
+    def make(size_mb: float = 16, kind: str = "ext4") -> SmallDisk:
+        disk = SmallDisk(tmp_path / f"disk{len(made)}", size_mb, kind).mount()
+        made.append(disk)
+        return disk
+
+    yield make
+    for disk in made:
+        disk.unmount()
