@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS requests (
 UNSENT, DELIVERED, REFUSED = 0, 1, 2
 _CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 _PRUNE_BATCH = 64
+PAGE_SIZE = 1024
 _FORGETTABLE = "((state = 'done' AND sent != 0) OR state = 'quarantined')"
 """Rows that only serve repeats: answered and handed to the broker (or refused by it)."""
 T = TypeVar("T")
@@ -119,6 +120,9 @@ class Store:
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
+            # Small pages: a commit rewrites whole pages, and most commits change one row.
+            # Only a new file takes it; an existing store keeps its page size.
+            db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
