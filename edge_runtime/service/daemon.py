@@ -270,7 +270,7 @@ class Daemon:
         try:
             self.store.mark_attempt(event.key)
         except StoreError as exc:
-            self._store_failed(exc)
+            self.store_failed(exc)
         finally:
             event.marked.set()
 
@@ -330,20 +330,22 @@ class Daemon:
             item = self.store.finish(held.key, held.payload, held.reply.topic,
                                      held.reply.correlation_data, forget=held.forget)
         except StoreError as exc:
-            self._store_failed(exc)
+            self.store_failed(exc)
             return False
-        self._store_works()
+        self.store_works()
         self._publish_item(item)
         return True
 
-    def _store_failed(self, exc: StoreError) -> None:
+    def store_failed(self, exc: StoreError) -> None:
+        """Count a refused write; log the first of a run of them, and show it in status."""
         self.counters.store_errors += 1
         if self._store_fault is None:
             log.error("%s: answers wait in memory until it can be written; new requests are "
                       "refused", exc.message)
         self._store_fault = exc.message
 
-    def _store_works(self) -> None:
+    def store_works(self) -> None:
+        """Note that the store took a write: the fault, if any, is over."""
         if self._store_fault is not None:
             log.warning("the state store can be written again")
             self._store_fault = None
@@ -426,7 +428,7 @@ class Daemon:
             try:
                 record(keys)
             except StoreError as exc:
-                self._store_failed(exc)
+                self.store_failed(exc)
                 continue
             del pending[:len(keys)]
 

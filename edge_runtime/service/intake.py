@@ -61,6 +61,14 @@ class Replies(Protocol):
         """Publish a reply that is not recorded (a refusal, a repeat's stored answer)."""
         ...
 
+    def store_failed(self, exc: StoreError) -> None:
+        """Report that the store refused a write (logged once per fault, shown in status)."""
+        ...
+
+    def store_works(self) -> None:
+        """Report that the store took a write again."""
+        ...
+
 
 def printable(value: object, limit: int = LOG_TEXT_CHARS) -> str:
     """Render client-supplied text for a log line: one line, escaped, at most ``limit`` chars."""
@@ -119,8 +127,8 @@ class Intake:
         try:
             self._admit(req, msg.dup)
         except StoreError as exc:
-            self.counters.store_errors += 1
-            log.error("request %s refused: %s", printable(req.id), exc.message)
+            self._replies.store_failed(exc)
+            log.debug("request %s refused: %s", printable(req.id), exc.message)
             self._refuse(InternalError(f"the request could not be recorded: {exc.message}"),
                          req.id, req.reply)
 
@@ -138,6 +146,7 @@ class Intake:
             return
         self.store.accept(req.key, digest, req.to_record(), req.reply.topic,
                           req.reply.correlation_data)
+        self._replies.store_works()
         self.counters.accepted += 1
         self.jobs.put(Job(req))
         log.debug("accepted %s (deadline %s, %d queued)", printable(req.id), req.deadline,
