@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_runtime.cli.doctor_checks import check_device_id
 from edge_runtime.cli.doctor_report import FAIL, OK
 from edge_runtime.config import build_config
 from tests.fixtures.broker import BrokerAuth, MosquittoBroker, User
@@ -112,6 +111,8 @@ def test_two_daemons_with_one_device_id_back_off_and_doctor_sees_it(
     """A cloned SD card: two daemons, one device id, one broker. They stop taking the
     session from each other within a few rounds, say why in the log and stats, and doctor
     on a third machine's view sees the device online from a boot that is not its own."""
+    from edge_runtime.cli.doctor_checks import check_device_id
+
     backoff = {"takeover_backoff_s": 3, "reconnect_min_s": 1, "reconnect_max_s": 1}
     first = daemon_factory(broker, broker=backoff)
     second = daemon_factory(broker, start=False, broker=backoff,
@@ -142,6 +143,8 @@ def test_doctor_finds_no_clone_for_its_own_daemon(
     broker: MosquittoBroker,
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
+    from edge_runtime.cli.doctor_checks import check_device_id
+
     daemon_factory(broker)
     config = build_config({"broker": {"url": broker.url},
                            "service": {"device_id": DEVICE}}, check_files=False)
