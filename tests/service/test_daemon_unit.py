@@ -262,3 +262,21 @@ def test_worker_threads_follow_the_engines_capacity(state: Path, capacity: int) 
         workers = [t for t in threading.enumerate() if t.name.startswith("edge-worker-")]
         assert len(workers) == capacity
         assert len(h.daemon.worker.running) == 0
+
+
+def test_a_cancelled_id_sent_again_runs_again(state: Path) -> None:
+    """A cancel is not kept in the record: reusing the id is a new request, not a replay."""
+    engine = FakeEngine(token_s=0.05)
+    with Harness(state, engine=engine) as h:
+        h.transport.deliver(REQ, {"id": "busy", "prompt": "hi", "max_tokens": 20},
+                            response_topic="r/busy")
+        h.transport.deliver(REQ, {"id": "k", "prompt": "hi", "max_tokens": 3},
+                            response_topic="r/k")
+        h.transport.deliver("edge/unit/cancel", {"id": "k"})
+        assert wait_until(lambda: bool(h.transport.finals("r/k")))
+        assert h.transport.finals("r/k")[0]["finish_reason"] == "cancelled"
+        h.transport.deliver(REQ, {"id": "k", "prompt": "hi", "max_tokens": 3},
+                            response_topic="r/k")
+        assert wait_until(lambda: len(h.transport.finals("r/k")) == 2, 10)
+        assert h.transport.finals("r/k")[1]["finish_reason"] == "length"
+        assert engine.calls == 2
