@@ -60,8 +60,8 @@ def test_an_oversized_payload_is_refused_before_it_is_parsed(
     probe.publish(REQUEST, {"prompt": "warm", "max_tokens": 2}, response_topic="big/warm")
     probe.wait_final("big/warm")
     before = _peak_rss_mb(daemon)
-    words = b'"' + b'x", "' * 3_000_000 + b'"'
-    probe.publish(REQUEST, b'{"prompt": "x", "stop": [' + words + b"]}",
+    objects = b", ".join([b'{"a": 1}'] * 1_500_000)  # 15 MB; parsed, ~350 MB of dicts
+    probe.publish(REQUEST, b'{"prompt": "x", "stop": [' + objects + b"]}",
                   response_topic="big/huge")
     final = probe.wait_final("big/huge", 30)
     assert final["error"]["code"] == "bad_request" and "exceeds" in final["error"]["message"]
