@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ def _keep_log(request: pytest.FixtureRequest, label: str, path: Path) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the daemon and broker logs of a failed test to its report."""
     report = yield
     if report.when == "call" and report.failed:
@@ -85,7 +87,9 @@ def daemon_factory(
     """Return ``make(broker, **sections)`` -> a started daemon; all are killed at the end."""
     made: list[DaemonProcess] = []
 
-    def make(target: MosquittoBroker, start: bool = True, **sections: dict[str, Any]):
+    def make(
+        target: MosquittoBroker, start: bool = True, **sections: dict[str, Any]
+    ) -> DaemonProcess:
         folder = tmp_path / f"daemon{len(made)}"
         config = base_config(target, service_bundle, tmp_path / "state")
         for section, values in sections.items():

@@ -22,12 +22,6 @@ STATUS = f"edge/{DEVICE}/status"
 LONG = {"prompt": "Tell me a long story", "max_tokens": 220, "temperature": 0.0}
 
 
-def _latest_stats(probe: Probe) -> dict:
-    seen = len(probe.on(STATS))
-    assert probe.wait_for(lambda _r: len(probe.on(STATS)) > seen, 5)
-    return probe.on(STATS)[-1].json()
-
-
 def test_an_offline_client_gets_every_final_from_a_broker_with_a_small_queue(
     broker_factory: Callable[..., MosquittoBroker],
     daemon_factory: Callable[..., DaemonProcess],
