@@ -9,7 +9,6 @@ Nothing an event or a periodic task raises ends the loop.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import time
@@ -21,11 +20,12 @@ from typing import Any
 from edge_runtime.config import Config
 from edge_runtime.engine.types import Engine
 from edge_runtime.errors import Expired, ShuttingDown
+from edge_runtime.service.delivery import Delivery
 from edge_runtime.service.intake import Intake, describe, printable
 from edge_runtime.service.notify import Notifier
-from edge_runtime.service.protocol import Inbound, ReplyPlace, Request
+from edge_runtime.service.protocol import Inbound, Request
 from edge_runtime.service.recovery import ResumedStart, ResumeGuard, Started, resume
-from edge_runtime.service.store import OutboxItem, Store, StoreError
+from edge_runtime.service.store import Store, StoreError
 from edge_runtime.service.telemetry import (
     Counters,
     Identity,
@@ -65,26 +65,6 @@ class StopRequested:
     signal: int = 0
 
 
-@dataclass(frozen=True)
-class Outgoing:
-    """A QoS 1 reply handed to the transport, until the broker answers it."""
-
-    key: str | None
-    """Its row in the store; None for a reply that is not recorded (a refusal)."""
-    request_id: str | None
-    topic: str
-
-
-@dataclass(frozen=True)
-class Held:
-    """A final the store could not record yet: it is published once the store takes it."""
-
-    key: str
-    payload: dict[str, Any]
-    reply: ReplyPlace
-    forget: bool
-
-
 def topics_for(config: Config) -> Topics:
     s = config.service
     return Topics(s.topic_prefix, s.device_id, s.shared_group, s.reply_topic_pattern)
@@ -121,12 +101,9 @@ class Daemon:
         self.jobs = JobQueue(s.queue_size)
         self.guard = ResumeGuard(engine, events)
         self.worker = Worker(self.guard, self.jobs, events, self._publish_chunk)
-        self.intake = Intake(self.topics, s, store, self.jobs, self.worker, self.counters, self)
-        self._inflight: dict[int, Outgoing] = {}
-        self._held: list[Held] = []
-        self._acked: list[str] = []
-        self._refused: list[str] = []
-        self._store_fault: str | None = None
+        self.delivery = Delivery(transport, store, self.counters)
+        self.intake = Intake(self.topics, s, store, self.jobs, self.worker, self.counters,
+                             self.delivery)
         self._subscribe_mid: int | None = None
         self.ready = False
         self._stop_at: float | None = None
@@ -151,10 +128,10 @@ class Daemon:
             if event is not None:
                 self._safely(f"handling {type(event).__name__}", partial(self._handle, event))
             self._tick()
-        self._safely("recording deliveries", self._flush_marks)
-        if self._held:
+        self._safely("recording deliveries", self.delivery.flush_marks)
+        if self.delivery.held:
             log.warning("%d answer(s) could not be recorded; their requests run again at the "
-                        "next start", len(self._held))
+                        "next start", self.delivery.held)
         self.jobs.close()
         self.store.close()
         return 0
@@ -174,11 +151,11 @@ class Daemon:
         """
         leftover = self.store.outbox()
         for item in leftover:
-            self._publish_item(item)
+            self.delivery.publish_item(item)
         if leftover:
             log.warning("publishing %d reply(ies) left in the outbox by the previous run",
                         len(leftover))
-        queued = resume(self.store, self.jobs, self.guard, self.final, self.counters)
+        queued = resume(self.store, self.jobs, self.guard, self.delivery.final, self.counters)
         if queued:
             log.warning("resuming %d accepted request(s) from before a restart", queued)
 
@@ -264,32 +241,20 @@ class Daemon:
         if error:
             self.counters.errors[error["code"]] += 1
         req = event.request
-        self.final(req.key, event.payload, req.reply, _transient(event.payload))
+        self.delivery.final(req.key, event.payload, req.reply, _transient(event.payload))
 
     def _on_resumed_start(self, event: ResumedStart) -> None:
         try:
             self.store.mark_attempt(event.key)
         except StoreError as exc:
-            self.store_failed(exc)
+            self.delivery.store_failed(exc)
         finally:
             event.marked.set()
 
     def _on_published(self, event: Published) -> None:
         if event.mid == self._stopped_mid:
             self._stopped_mid = None
-        sent = self._inflight.pop(event.mid, None)
-        if sent is None:
-            return
-        if event.ok:
-            if sent.key is not None:
-                self._acked.append(sent.key)
-            return
-        self.counters.refused_by_broker += 1
-        log.error("the broker refused the reply to %s on %s (%s): not delivered; check that "
-                  "the broker's ACL lets this device write there", printable(sent.request_id),
-                  printable(sent.topic), event.reason)
-        if sent.key is not None:
-            self._refused.append(sent.key)
+        self.delivery.published(event)
 
     # ----- replies ---------------------------------------------------------------------
     def _publish_chunk(self, req: Request, payload: bytes) -> None:
@@ -306,61 +271,14 @@ class Daemon:
         except Exception:  # chunks are best effort
             log.exception("chunk for %s not published", printable(req.id))
 
-    def final(self, key: str, payload: dict[str, Any], reply: ReplyPlace, forget: bool) -> None:
-        """Record the final of an accepted request, then publish it.
-
-        While the state folder cannot be written, finals wait here, in order, and go out
-        once they are recorded: one published but not recorded would be generated and sent
-        again after a restart.
-        """
-        self.counters.answered += 1
-        held = Held(key, payload, reply, forget)
-        if self._held or not self._record_and_publish(held):
-            self._held.append(held)
-
-    def direct(self, payload: dict[str, Any], reply: ReplyPlace) -> None:
-        """Publish a reply that is not recorded: a refusal, or a repeat's stored answer."""
-        self.counters.answered += 1
-        mid = self.transport.publish(reply.topic, _encode(payload),
-                                     correlation_data=reply.correlation_data)
-        self._inflight[mid] = Outgoing(None, payload.get("id"), reply.topic)
-
-    def _record_and_publish(self, held: Held) -> bool:
-        try:
-            item = self.store.finish(held.key, held.payload, held.reply.topic,
-                                     held.reply.correlation_data, forget=held.forget)
-        except StoreError as exc:
-            self.store_failed(exc)
-            return False
-        self.store_works()
-        self._publish_item(item)
-        return True
-
-    def store_failed(self, exc: StoreError) -> None:
-        """Count a refused write; log the first of a run of them, and show it in status."""
-        self.counters.store_errors += 1
-        if self._store_fault is None:
-            log.error("%s: answers wait in memory until it can be written; new requests are "
-                      "refused", exc.message)
-        self._store_fault = exc.message
-
-    def store_works(self) -> None:
-        """Note that the store took a write: the fault, if any, is over."""
-        if self._store_fault is not None:
-            log.warning("the state store can be written again")
-            self._store_fault = None
-
-    def _publish_item(self, item: OutboxItem) -> None:
-        mid = self.transport.publish(item.topic, item.payload, correlation_data=item.correlation)
-        self._inflight[mid] = Outgoing(item.key, item.key.split("\n", 1)[0], item.topic)
-
     def _status(self, state: str) -> bytes:
         return status_payload(state, self.topics.device, self.model_name, len(self.jobs),
                               self.identity, self._store_state(), self.counters)
 
     def _store_state(self) -> dict[str, Any]:
         aside = self.store.moved_aside
-        return {"ok": self._store_fault is None, "fault": self._store_fault,
+        fault = self.delivery.fault
+        return {"ok": fault is None, "fault": fault,
                 "moved_aside": aside.name if aside is not None else None}
 
     def _publish_status(self, state: str) -> int:
@@ -405,11 +323,11 @@ class Daemon:
             self.notifier.progress()
         # Acknowledgements that arrived together are recorded together; a lone one at once,
         # so that a crash just after it does not bring its final out again.
-        if (self._acked or self._refused) and (self.events.empty()
-                                               or self._due("marks", now, TICK_S)):
-            self._safely("recording deliveries", self._flush_marks)
-        if self._held and self._due("retry", now, STORE_RETRY_S):
-            self._safely("recording held answers", self._retry_held)
+        if self.delivery.marks_pending and (self.events.empty()
+                                            or self._due("marks", now, TICK_S)):
+            self._safely("recording deliveries", self.delivery.flush_marks)
+        if self.delivery.held and self._due("retry", now, STORE_RETRY_S):
+            self._safely("recording held answers", self.delivery.retry_held)
         s = self.config.service
         if self.ready and self._stop_at is None and self._due("stats", now, s.stats_interval_s):
             self._safely("publishing stats", self._publish_stats)
@@ -417,24 +335,6 @@ class Daemon:
             self._safely("pruning the state store", self._prune)
         if self._stop_at is not None:
             self._continue_stop(now)
-
-    def _flush_marks(self) -> None:
-        """Record the finals the broker acknowledged or refused since the last flush."""
-        for pending, record in ((self._acked, self.store.delivered),
-                                (self._refused, self.store.refused)):
-            if not pending:
-                continue
-            keys = list(pending)
-            try:
-                record(keys)
-            except StoreError as exc:
-                self.store_failed(exc)
-                continue
-            del pending[:len(keys)]
-
-    def _retry_held(self) -> None:
-        while self._held and self._record_and_publish(self._held[0]):
-            self._held.pop(0)
 
     def _enforce_deadline(self, now: float) -> bool:
         """Stop overlong generations; return False once a worker looks stuck."""
@@ -464,7 +364,7 @@ class Daemon:
         except StoreError:
             used = None
         store = {**self._store_state(), "bytes": used, "limit": s.max_state_bytes,
-                 "held": len(self._held)}
+                 "held": self.delivery.held}
         payload = stats_payload(self.topics.device, self.counters, len(self.jobs), s.queue_size,
                                 self.store.outbox_size(), self._started,
                                 scheduler_stats(self.engine.counters), store)
@@ -496,7 +396,7 @@ class Daemon:
                 return
         if self._flush_until is None:
             self._flush_until = now + FLUSH_TIMEOUT_S
-        if self._inflight and now < self._flush_until:
+        if self.delivery.in_flight and now < self._flush_until:
             return
         if self.ready:
             self.ready = False
@@ -506,7 +406,3 @@ class Daemon:
             return
         self.transport.disconnect()
         self._finished = True
-
-
-def _encode(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload).encode()
