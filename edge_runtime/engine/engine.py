@@ -13,12 +13,14 @@ from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.decoding import Decoding
 from edge_runtime.engine.defaults import GenerationDefaults, resolve
+from edge_runtime.engine.prefix_cache import PrefixCache
 from edge_runtime.engine.prompt import encode_request
 from edge_runtime.engine.request import GenerationRequest, Sampling
 from edge_runtime.engine.runners import KvSlots
 from edge_runtime.engine.runners.single import SingleSequence
 from edge_runtime.engine.scheduler import Scheduler, SchedulerCounters
 from edge_runtime.engine.sequence import Clock, Sequence, now, pieces, relay
+from edge_runtime.engine.slot_cache import slot_cache
 from edge_runtime.engine.tokenizer import Tokenizer
 from edge_runtime.engine.types import DeltaCallback, GenerationResult
 from edge_runtime.errors import ContextLengthExceeded
@@ -47,6 +49,7 @@ class OnnxEngine:
         template: ChatTemplate | None,
         defaults: GenerationDefaults,
         report: LoadReport,
+        prefix_cache_mb: float = 0,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
@@ -56,7 +59,9 @@ class OnnxEngine:
         self.report = report
         self.new_slots = new_slots
         """Build ``n`` more KV slots on the same session (their own caches)."""
-        self.scheduler = Scheduler(new_slots(capacity))
+        slots = new_slots(capacity)
+        cache = slot_cache(slots, prefix_cache_mb, manifest.graph.kind)
+        self.scheduler = Scheduler(slots, cache=cache)
 
     @property
     def capacity(self) -> int:
@@ -65,6 +70,12 @@ class OnnxEngine:
     @property
     def counters(self) -> SchedulerCounters:
         return self.scheduler.counters
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The prefix cache, or None when it is off or the graph cannot have one."""
+        cache = self.scheduler.cache
+        return cache.cache if cache is not None else None
 
     @property
     def context_length(self) -> int:

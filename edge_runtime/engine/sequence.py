@@ -75,6 +75,8 @@ class Sequence:
     abandoned: threading.Event = field(default_factory=threading.Event)
     length: int = 0
     """Tokens in the sequence's KV slot."""
+    cached: int = 0
+    """Prompt tokens whose KV came from the prefix cache."""
     next_token: int = 0
     """The token to feed at the next decode step."""
     ended: bool = False
@@ -108,7 +110,7 @@ class Sequence:
         return GenerationResult(
             text=d.text,
             finish_reason=d.finish or FinishReason.STOP,
-            usage=Usage(len(self.prompt_ids), d.completion_tokens),
+            usage=Usage(len(self.prompt_ids), d.completion_tokens, self.cached),
             timings=self.clock.timings(),
             token_ids=tuple(d.tokens),
         )
