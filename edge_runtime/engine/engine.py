@@ -96,6 +96,8 @@ class OnnxEngine:
             "providers": list(self.report.providers),
             "threads": self.report.threads,
             "max_batch": self.capacity,
+            "prefix_cache_mb": round(self.prefix_cache.budget / 2**20, 2)
+            if self.prefix_cache else 0,
             "load_s": round(self.report.load_s, 3),
             "runtime_version": __version__,
         }

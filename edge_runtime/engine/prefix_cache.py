@@ -80,6 +80,7 @@ class CacheStats:
     cached_tokens: int = 0  # of which found in the cache
     stored_blocks: int = 0
     evicted_blocks: int = 0
+    read_again: int = 0  # generated tokens read again as a prompt to keep them
 
     @property
     def hit_rate(self) -> float:

@@ -178,6 +178,8 @@ class Scheduler:
             self._filling = None
             self._fault(sequence, as_error(exc, "model run failed while reading the prompt"))
             return
+        if count > 1 and sequence.exact == start:
+            sequence.exact = start + count
         sequence.length += count
         self.counters.prefill_s += now() - began
         if not last:
@@ -276,7 +278,12 @@ class Scheduler:
 
     def _keep(self, sequence: Sequence, slot: int, *, ended: bool) -> None:
         if self.cache is not None:
-            self.cache.keep(sequence, slot, ended=ended)
+            self.cache.keep(sequence, slot, ended=ended, idle=self._idle)
+
+    def _idle(self) -> bool:
+        """Whether nothing but ended sequences holds or waits for a slot."""
+        return (self._filling is None and self._incoming.empty()
+                and all(s.ended for s in self._active))
 
     def _fail_all(self, error: EdgeRuntimeError) -> None:
         for sequence in [*self._active, *([self._filling] if self._filling else [])]:

@@ -77,6 +77,8 @@ class Sequence:
     """Tokens in the sequence's KV slot."""
     cached: int = 0
     """Prompt tokens whose KV came from the prefix cache."""
+    exact: int = 0
+    """Leading tokens of the slot whose KV is what reading them as a prompt computes."""
     next_token: int = 0
     """The token to feed at the next decode step."""
     ended: bool = False
