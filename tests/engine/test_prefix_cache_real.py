@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.engine import EngineOptions, GenerationRequest, OnnxEngine, load_engine
+from edge_runtime.engine.request import Message
 
 SYSTEM = (
     "You are the help desk of a small clinic. Answer in one or two short sentences. "
@@ -26,7 +27,7 @@ QUESTIONS = ["When can I get a flu shot?", "Do I need to fast before a blood tes
              "Where do I park?"]
 
 
-def ask(engine: OnnxEngine, messages: list[dict[str, str]]) -> tuple[str, int]:
+def ask(engine: OnnxEngine, messages: list[Message]) -> tuple[str, int]:
     request = GenerationRequest(messages=messages, max_tokens=32, temperature=0.0)
     result = engine.generate(request)
     return result.text, result.usage.cached_tokens
@@ -47,9 +48,9 @@ def test_a_shared_system_prompt_answers_as_cold(
 ) -> None:
     cold, cached = engines
     system_tokens = len(cold.encode(GenerationRequest(
-        messages=[{"role": "system", "content": SYSTEM}])))  # type: ignore[list-item]
+        messages=[Message(role="system", content=SYSTEM)])))
     for i, question in enumerate(QUESTIONS):
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+        messages = [Message(role="system", content=SYSTEM), Message(role="user", content=question)]
         text, cached_tokens = ask(cached, messages)
         assert text == ask(cold, messages)[0]
         if i:
@@ -60,12 +61,12 @@ def test_a_conversation_answers_as_cold_turn_after_turn(
     engines: tuple[OnnxEngine, OnnxEngine],
 ) -> None:
     cold, cached = engines
-    messages = [{"role": "system", "content": SYSTEM}]
+    messages = [Message(role="system", content=SYSTEM)]
     for i, question in enumerate(QUESTIONS):
-        messages.append({"role": "user", "content": question})
+        messages.append(Message(role="user", content=question))
         text, cached_tokens = ask(cached, messages)
         assert text == ask(cold, messages)[0]
         if i:
-            prompt = len(cold.encode(GenerationRequest(messages=messages)))  # type: ignore[arg-type]
+            prompt = len(cold.encode(GenerationRequest(messages=messages)))
             assert cached_tokens >= prompt - 30, "only the new turn is read"
-        messages.append({"role": "assistant", "content": text})
+        messages.append(Message(role="assistant", content=text))
