@@ -1,6 +1,12 @@
-"""Two edge-runtime bundles of one model, alternating in fresh processes: is B faster than A?
+"""Two edge-runtime bundles (or two code trees), alternating in fresh processes: is B faster?
 
     python benchmarks/ab.py OLD_BUNDLE NEW_BUNDLE --pairs 6 --json benchmarks/results/ab.json
+    python benchmarks/ab.py BUNDLE BUNDLE --code OLD_TREE NEW_TREE --pairs 6   # code A/B
+    python benchmarks/ab.py BUNDLE BUNDLE --memory trim_heap trim_heap,huge_pages  # a lever
+
+With ``--memory`` each side loads under its own memory policy (lever names joined by commas,
+or ``off``). With ``--code`` each side runs from its own source tree (a git worktree of the
+commit to compare, ``git worktree add /tmp/old <commit>``), on the same bundle.
 
 Each pair runs both bundles once, in turns (A B, then B A, ...), through the benchmark's
 edge-runtime stack: same prompt (tokenized by A's tokenizer), 128 greedy tokens, the same
@@ -50,9 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new", type=int, default=128)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--code", type=Path, nargs=2, metavar=("TREE_A", "TREE_B"),
+                        help="run A and B from these source trees")
+    parser.add_argument("--memory", nargs=2, metavar=("POLICY_A", "POLICY_B"),
+                        help="load A and B under these memory policies")
     args = parser.parse_args(argv)
-    plans = [StackPlan(str(path), report.EDGE, Path(sys.executable),
-                       "benchmarks.stacks.edge", path.resolve(), "") for path in (args.a, args.b)]
+    trees = [tree.resolve() for tree in args.code] if args.code else [None, None]
+    memory = [("--memory", spec) for spec in args.memory] if args.memory else [(), ()]
+    plans = [StackPlan(f"{side}: {path} {' '.join(extra)}".strip(), report.EDGE,
+                       Path(sys.executable), "benchmarks.stacks.edge", path.resolve(), "",
+                       extra, repo=tree)
+             for side, path, tree, extra in zip("AB", (args.a, args.b), trees, memory,
+                                                strict=True)]
     runs: dict[str, list[dict[str, object]]] = {p.label: [] for p in plans}
     with tempfile.TemporaryDirectory() as tmp:
         prompt = _prompt_file(args.a, Path(tmp))

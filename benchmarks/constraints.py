@@ -8,9 +8,10 @@ the schema (cold, then from the factory's cache), and a greedy decode of ``--tok
 tokens with the real model in three arms, alternated round by round so drift hits all
 alike: no constraint; the schema applied after each forward; the schema's next mask
 prepared in a worker thread while the forward runs. When the schema's answer is complete
-a fresh constraint continues, so every arm decodes the same number of tokens. The mask
-column is the median cost of ``apply`` (mask, unpacking, -inf) per token, on the main
-thread.
+a fresh constraint continues, so every arm decodes the same number of tokens. Per token,
+the constraint's cost on the decoding thread (apply: mask, unpacking, -inf; consume;
+prepare) is set beside the forward's: on a busy machine that fraction is steadier than
+the tokens/s ratio.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -61,7 +63,8 @@ class ArmRun:
     arm: str
     tokens: int
     decode_s: float
-    apply_us: float  # median per token; 0 without a constraint
+    forward_ms: float  # median per token
+    constraint_us: float  # median per token of apply, consume and prepare; 0 without one
     text: str
 
 
@@ -70,6 +73,15 @@ def rss_mb() -> float:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * 4096 / 2**20
+
+
+def chat_prompt(bundle: Path) -> str:
+    """Return PROMPT as one user turn through the bundle's own chat template."""
+    env = jinja2.Environment()
+    env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    template = env.from_string((bundle / "chat_template.jinja").read_text(encoding="utf-8"))
+    return template.render(messages=[{"role": "user", "content": PROMPT}],
+                           add_generation_prompt=True)
 
 
 def load_factory(bundle: Path, engine: Any) -> tuple[ConstraintFactory, dict[str, float]]:
@@ -99,31 +111,35 @@ def decode(engine: Any, factory: ConstraintFactory, prompt_ids: list[int], arm: 
     logits = runner.forward(np.asarray(prompt_ids, dtype=np.int64))
     constraint: Constraint | None = factory.compile(SPEC) if arm != "none" else None
     ids: list[int] = []
-    applies: list[float] = []
+    costs: list[float] = []
+    forwards: list[float] = []
     start = time.perf_counter()
     while len(ids) < tokens:
+        began = time.perf_counter()
+        if constraint is not None and constraint.done:
+            constraint = factory.compile(SPEC)
         if constraint is not None:
-            if constraint.done:
-                constraint = factory.compile(SPEC)
-            began = time.perf_counter()
             constraint.apply(logits)
-            applies.append(time.perf_counter() - began)
         token = int(np.argmax(logits))
         if constraint is not None:
             constraint.consume(token)
             if arm == "schema+prepare" and not constraint.done:
                 constraint.prepare()
         ids.append(token)
+        costs.append(time.perf_counter() - began)
+        began = time.perf_counter()
         logits = runner.forward(np.array([token], dtype=np.int64))
+        forwards.append(time.perf_counter() - began)
     elapsed = time.perf_counter() - start
-    apply_us = statistics.median(applies) * 1e6 if applies else 0.0
-    return ArmRun(arm, tokens, elapsed, apply_us, engine.tokenizer.decode(ids))
+    cost_us = statistics.median(costs) * 1e6 if constraint is not None else 0.0
+    return ArmRun(arm, tokens, elapsed, statistics.median(forwards) * 1e3, cost_us,
+                  engine.tokenizer.decode(ids))
 
 
 def bench_bundle(bundle: Path, tokens: int, rounds: int) -> dict[str, Any]:
     engine = load_engine(bundle, EngineOptions(provider="cpu"))
     factory, costs = load_factory(bundle, engine)
-    prompt_ids = engine.encode(PROMPT)
+    prompt_ids = engine.tokenizer.encode(chat_prompt(bundle))
     decode(engine, factory, prompt_ids, "schema", 8)  # warm the session and the mask path
     runs: list[ArmRun] = []
     for _ in range(rounds):
@@ -139,9 +155,12 @@ def arm_rows(result: dict[str, Any]) -> list[list[str]]:
     for arm in ARMS:
         runs = [r for r in result["runs"] if r["arm"] == arm]
         speed[arm] = statistics.median(r["tokens"] / r["decode_s"] for r in runs)
-        apply_us = statistics.median(r["apply_us"] for r in runs)
+        forward_ms = statistics.median(r["forward_ms"] for r in runs)
+        cost_us = statistics.median(r["constraint_us"] for r in runs)
         rows.append([result["model"], arm, f"{speed[arm]:.1f}",
-                     f"{speed[arm] / speed['none']:.3f}", f"{apply_us:.0f}" if apply_us else "-"])
+                     f"{speed[arm] / speed['none']:.3f}", f"{forward_ms:.1f}",
+                     f"{cost_us:.0f}" if cost_us else "-",
+                     f"{cost_us / 1e3 / forward_ms:.2%}" if cost_us else "-"])
     return rows
 
 
@@ -158,7 +177,8 @@ def main() -> None:
         [[r["model"], str(r["vocab_size"]), f"{r['load_s']:.2f}", f"{r['kept_mb']:.0f}",
           f"{r['compile_ms']:.1f}", f"{r['compile_cached_ms']:.2f}"] for r in results]))
     print()
-    print(markdown_table(["model", "arm", "decode tok/s", "vs none", "apply us/token"],
+    print(markdown_table(["model", "arm", "decode tok/s", "vs none", "forward ms",
+                          "constraint us/token", "of a forward"],
                          [row for r in results for row in arm_rows(r)]))
     for r in results:
         first = {run["arm"]: run["text"] for run in reversed(r["runs"])}

@@ -12,7 +12,7 @@ cache dropped before every run:
 1. unconstrained (no limit) ``--baseline-runs`` times: the median decode speed is the
    reference, and the group's peak usage is where the search starts;
 2. a binary search over the limit in steps of ``--step`` MB (from ``--from-mb``, default 0,
-   up to the unconstrained peak usage): a limit passes when the run
+   up to ``--to-mb`` or the unconstrained peak usage): a limit passes when the run
    finishes and decodes at >= ``--keep`` (0.9) of the reference speed, which is that of an
    unconstrained run of the same stack right before it (so that a shared host's drift
    cancels); a run that is slower is tried once more, with a new reference. A run is
@@ -212,6 +212,8 @@ def _baseline(searches: list[Search], prompt_file: Path, args: argparse.Namespac
     for search in searches:
         peak = max((p.group_peak_mb for p in search.baseline), default=0.0)
         search.hi = int(-(-peak // args.step) * args.step) + args.step
+        if args.to_mb:
+            search.hi = min(search.hi, -(-args.to_mb // args.step) * args.step)
         search.lo = min(args.from_mb // args.step * args.step, search.hi - args.step)
 
 
@@ -331,6 +333,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-mb", type=int, default=0,
                         help="take limits up to this as failing without running them "
                              "(saves probes where a floor is known to lie higher)")
+    parser.add_argument("--to-mb", type=int, default=0,
+                        help="take limits from this up as passing without running them "
+                             "(saves probes where a floor is known to lie lower)")
     parser.add_argument("--keep", type=float, default=0.9,
                         help="share of the unconstrained decode speed a limit must keep")
     parser.add_argument("--baseline-runs", type=int, default=3)

@@ -40,6 +40,8 @@ class StackPlan:
     model_path: Path
     quant: str
     args: tuple[str, ...] = ()
+    repo: Path | None = None
+    """The source tree to run the stack from (default: this checkout)."""
 
 
 def _anchor_ok(module: str) -> bool:
@@ -109,10 +111,11 @@ def run_stack(plan: StackPlan, prompt_file: Path, args: argparse.Namespace,
     cmd = [str(plan.python), "-m", plan.module, "--model-path", str(plan.model_path),
            "--prompt-file", str(prompt_file), "--threads", str(args.threads),
            "--max-new", str(args.max_new), "--streams", str(streams), *plan.args]
-    env = dict(os.environ, PYTHONPATH=str(sources.REPO), TQDM_DISABLE="1",
+    repo = plan.repo or sources.REPO
+    env = dict(os.environ, PYTHONPATH=str(repo), TQDM_DISABLE="1",
                OMP_NUM_THREADS=str(args.threads))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=sources.REPO,
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo,
                               timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {RUN_TIMEOUT_S} s"}

@@ -23,8 +23,6 @@ KNOWN_PROVIDERS = (
 QUANTS = ("int4", "int8", "fp16", "fp32")
 # What the runtime may do with its pages (edge_runtime/memory.py says what each one does).
 MEMORY_LEVERS = (
-    "release_model_pages",
-    "release_code",
     "trim_heap",
     "huge_pages",
 )

@@ -49,11 +49,6 @@ def thp_mode(path: Path = THP_ENABLED) -> str | None:
     return text[start + 1 : end] if 0 <= start < end else None
 
 
-def page_size() -> int:
-    """Return the kernel's base page size in bytes."""
-    return os.sysconf("SC_PAGE_SIZE")
-
-
 def huge_page_size(path: Path = THP_SIZE) -> int | None:
     """Return the size of a transparent huge page (a PMD) in bytes, None if unknown."""
     try:

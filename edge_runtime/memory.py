@@ -14,27 +14,19 @@ decode keeps 90 % of its speed) or speeds decoding: docs/benchmarks.md has the f
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
+import ctypes
+import ctypes.util
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from devices import MEMORY_LEVERS
-from edge_runtime.errors import BundleError, ConfigError
-
-if TYPE_CHECKING:  # edge_runtime.engine imports this module: its own imports wait until used
-    from edge_runtime.engine.mapped_pages import Mapping
-
-log = logging.getLogger(__name__)
+from edge_runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class MemoryPolicy:
     """Which memory levers this process pulls; field names are the profiles' lever names."""
 
-    release_model_pages: bool = False
-    release_code: bool = False
     trim_heap: bool = False
     huge_pages: bool = False
 
@@ -54,31 +46,10 @@ class MemoryPolicy:
         """The levers pulled, in the profiles' order."""
         return tuple(f.name for f in fields(self) if getattr(self, f.name))
 
-    def before_session(self) -> None:
-        """Drop the code that imports and hashing used, so it does not sit under the peak."""
-        if self.release_code:
-            _release_code()
-
-    def after_session(self, folders: Sequence[Path], model_path: Path) -> None:
-        """Give back the mapped model pages the kernels no longer read, and have the gathered
-        tables (the embedding) read a page per row from then on."""
-        if not self.release_model_pages:
-            return
-        from edge_runtime.engine import mapped_pages
-
-        maps = mapped_pages.mappings()  # read once; dropping pages moves no mapping
-        released = mapped_pages.release_file_pages(folders, maps)
-        log.info("gave back %.1f MB of mapped model pages", released / 2**20)
-        _tables_on_demand(model_path, maps)
-
     def after_load(self) -> None:
-        """Hand malloc's free pages and the code used while loading back to the system."""
+        """Hand the free pages in malloc's heap back (the tokenizer's parse leaves many)."""
         if self.trim_heap:
-            from edge_runtime.engine.mapped_pages import trim_heap
-
             trim_heap()
-        if self.release_code:
-            _release_code()
 
 
 OFF = MemoryPolicy()
@@ -105,25 +76,13 @@ def installed() -> MemoryPolicy:
     return _installed
 
 
-def _release_code() -> None:
-    from edge_runtime.engine.mapped_pages import release_read_only_pages
-
-    released = release_read_only_pages()
-    log.info("gave back %.1f MB of library code and constants (read again when used)",
-             released / 2**20)
-
-
-def _tables_on_demand(model_path: Path, maps: Sequence[Mapping]) -> None:
-    from edge_runtime.bundle.onnx_refs import gathered_spans
-    from edge_runtime.engine.mapped_pages import read_on_demand
-
-    try:
-        spans = gathered_spans(model_path)
-        tables = sum(
-            read_on_demand(model_path.parent / span.location, span.offset, span.length, maps)
-            for span in spans
-        )
-    except (BundleError, OSError) as exc:  # a memory saving only: serve without it
-        log.warning("cannot find the model's gathered tables (%s)", exc)
-        return
-    log.info("%.1f MB of gathered tables read a page at a time", tables / 2**20)
+def trim_heap() -> bool:
+    """Return the free pages of malloc's heap to the system; False where malloc cannot
+    (``malloc_trim`` is glibc's)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True

@@ -151,3 +151,27 @@ def smollm2_bundle(converter_cache: Path, smollm2_gguf: Path) -> Callable[..., P
         return built[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def styled_bundle(
+    converter_cache: Path, tiny_hf_model: Callable[..., Path]
+) -> Callable[[str], Path]:
+    """Return a factory: ``styled_bundle("r1" | "qwen3" | "tools")`` -> a tiny fp32 bundle
+    whose chat template is of that style (tests/fixtures/chat_styles.py)."""
+    built: dict[str, Path] = {}
+
+    def make(style: str) -> Path:
+        if style not in built:
+            out = converter_cache / f"bundle-tiny-style-{style}"
+            if not _reusable(out):
+                from converters import ConvertOptions, convert
+                from tests.fixtures.chat_styles import with_template
+
+                source = with_template(tiny_hf_model("qwen2"), converter_cache / f"hf-{style}",
+                                       style)
+                convert(source, out, ConvertOptions(quant="fp32", overwrite=True))
+            built[style] = out
+        return built[style]
+
+    return make

@@ -2,7 +2,7 @@
 
     python -m benchmarks.stacks.edge --model-path BUNDLE --prompt-file P.json --threads 2
     python -m benchmarks.stacks.edge ... --streams 4     # concurrent streams
-    python -m benchmarks.stacks.edge ... --memory trim_heap,release_code --ort-cache DIR
+    python -m benchmarks.stacks.edge ... --memory trim_heap --ort-cache DIR
 
 ``--memory`` names the memory levers to pull (``off`` for none; by default the detected
 device profile's, as the daemon does); ``--ort-cache`` loads through the optimized-graph

@@ -2,8 +2,7 @@
 
 The device half does not depend on ``onnx``; this walks just enough of the protobuf wire
 format (model -> graph -> initializers, nodes and node attribute tensors) to read each
-tensor's ``external_data`` entries: which files a bundle needs (:func:`external_data_locations`)
-and where the tables that gather nodes read a row at a time lie (:func:`gathered_spans`).
+tensor's ``external_data`` entries: which files a bundle needs (:func:`external_data_locations`).
 Weights are skipped by length, never copied.
 """
 
@@ -12,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,10 +21,10 @@ _T = TypeVar("_T")
 # Field numbers from onnx.proto.
 _MODEL_GRAPH = 7
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
-_NODE_INPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 4, 5
+_NODE_ATTRIBUTE = 5
 _ATTR_T, _ATTR_G, _ATTR_GRAPHS, _ATTR_TENSORS = 5, 6, 10, 11
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
-_TENSOR_NAME, _TENSOR_EXTERNAL_DATA = 8, 13
+_TENSOR_EXTERNAL_DATA = 13
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
@@ -68,19 +66,6 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, memoryview | None]]:
             pos += length
         else:
             raise ValueError(f"unsupported wire type {wire}")
-
-
-GATHER_OPS = frozenset({"Gather", "GatherBlockQuantized"})
-"""Nodes that read a table (an embedding) a row at a time, never whole."""
-
-
-@dataclass(frozen=True)
-class Span:
-    """Bytes ``offset .. offset + length`` of the external-data file ``location``."""
-
-    location: str
-    offset: int
-    length: int
 
 
 def _external_data(tensor: memoryview) -> dict[str, str]:
@@ -128,50 +113,6 @@ def _node_locations(node: memoryview) -> Iterator[str]:
                 yield from _graph_locations(part)
 
 
-def _text(payload: memoryview) -> str:
-    return bytes(payload).decode("utf-8", errors="replace")
-
-
-def _tensor_name(tensor: memoryview) -> str:
-    return next((_text(p) for n, p in _fields(tensor) if n == _TENSOR_NAME and p is not None), "")
-
-
-def _span(tensor: memoryview) -> Span | None:
-    entries = _external_data(tensor)
-    try:
-        return Span(entries["location"], int(entries.get("offset", "0")), int(entries["length"]))
-    except (KeyError, ValueError):  # inline, or no length recorded
-        return None
-
-
-def _gather_inputs(node: memoryview) -> list[str]:
-    inputs: list[str] = []
-    op_type = ""
-    for number, payload in _fields(node):
-        if payload is None:
-            continue
-        if number == _NODE_INPUT:
-            inputs.append(_text(payload))
-        elif number == _NODE_OP_TYPE:
-            op_type = _text(payload)
-    return inputs if op_type in GATHER_OPS else []
-
-
-def _graph_spans(graph: memoryview) -> list[Span]:
-    gathered: set[str] = set()
-    spans: dict[str, Span] = {}
-    for number, payload in _fields(graph):
-        if payload is None:
-            continue
-        if number == _GRAPH_NODE:
-            gathered.update(_gather_inputs(payload))
-        elif number == _GRAPH_INITIALIZER:
-            span = _span(payload)
-            if span is not None:
-                spans[_tensor_name(payload)] = span
-    return [spans[name] for name in sorted(gathered) if name in spans]
-
-
 def _scan(buf: memoryview) -> set[str]:
     found: set[str] = set()
     for number, payload in _fields(buf):
@@ -183,20 +124,6 @@ def _scan(buf: memoryview) -> set[str]:
 def external_data_locations(model_path: Path) -> set[str]:
     """Return every external-data ``location`` named by the model at ``model_path``."""
     return _read(model_path, _scan)
-
-
-def gathered_spans(model_path: Path) -> list[Span]:
-    """Return where the external tables that the main graph's gather nodes read lie.
-
-    Any input of a ``Gather`` or ``GatherBlockQuantized`` node (data, scales, zero
-    points) that is an external initializer counts: the kernels read those a row at a time.
-    """
-
-    def scan(buf: memoryview) -> list[Span]:
-        graphs = [p for n, p in _fields(buf) if n == _MODEL_GRAPH and p is not None]
-        return [span for graph in graphs for span in _graph_spans(graph)]
-
-    return _read(model_path, scan)
 
 
 def _read(model_path: Path, scan: Callable[[memoryview], _T]) -> _T:

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
+from edge_runtime.cli.shaping import add_shape_arguments, shape_fields
 from edge_runtime.config import BrokerConfig, resolve_secret
 
 
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--password-file", help="file holding the broker password")
     p.add_argument("--ca-file", help="CA certificate for mqtts://")
     p.add_argument("--json", action="store_true", help="print the final reply as JSON")
+    add_shape_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -49,6 +51,7 @@ def _request(args: argparse.Namespace, request_id: str) -> bytes:
         body["max_tokens"] = args.max_tokens
     if args.temperature is not None:
         body["temperature"] = args.temperature
+    body.update(shape_fields(args))
     return json.dumps(body).encode()
 
 
@@ -134,6 +137,8 @@ def _finish(args: argparse.Namespace, final: dict[str, Any]) -> int:
         print(json.dumps(final, indent=2))
     else:
         sys.stdout.write("\n")
+        for call in final.get("tool_calls") or []:
+            print(json.dumps(call, ensure_ascii=False))
     if final.get("finish_reason") == "error":
         err = final.get("error", {})
         print(f"edge-runtime ask: {err.get('code')}: {err.get('message')}", file=sys.stderr)

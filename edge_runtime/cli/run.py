@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.cli.shaping import add_shape_arguments, shape_fields
 from edge_runtime.engine import (
     EngineOptions,
     GenerationRequest,
@@ -91,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--system", help="a system message before the prompt (chat only)")
     parser.add_argument("--stats", action="store_true", help="print timings to stderr")
     add_sampling_arguments(parser)
+    add_shape_arguments(parser)
     add_engine_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -98,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def build_request(args: argparse.Namespace) -> GenerationRequest:
     """Turn the command line into a request; a bad value is a BadRequest naming the flag."""
     text = sys.stdin.read() if args.prompt == "-" else args.prompt
-    fields = sampling_fields(args)
+    fields = {**sampling_fields(args), **shape_fields(args)}
     if args.raw:
         return parse_request({"prompt": text, "chat": False, **fields})
     if args.system:
@@ -110,6 +113,12 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
 def _write(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()
+
+
+def _think(piece: str) -> None:
+    """Show a reasoning model's reasoning dimmed on a terminal, plain otherwise."""
+    sys.stderr.write(f"\x1b[2m{piece}\x1b[0m" if sys.stderr.isatty() else piece)
+    sys.stderr.flush()
 
 
 def _print_stats(result: GenerationResult) -> None:
@@ -128,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(errors="replace")
     request = build_request(args)
     engine = load_engine(args.bundle, engine_options(args))
-    result = engine.generate(request, on_delta=_write)
+    result = engine.generate(request, on_delta=_write, on_reasoning=_think)
     _write("\n")
+    for call in result.tool_calls:
+        print(json.dumps(call, ensure_ascii=False))
     if args.stats:
         _print_stats(result)
     return 0

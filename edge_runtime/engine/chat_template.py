@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
 from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edge_runtime.errors import BadRequest, BundleError
 
@@ -56,8 +57,13 @@ class ChatTemplate:
             self._template = _environment().from_string(source)
         except TemplateError as exc:
             raise BundleError(f"chat template does not compile ({exc})") from exc
+        self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
+
+    def mentions(self, name: str) -> bool:
+        """Whether the template's source reads ``name`` (a variable, a marker)."""
+        return name in self.source
 
     @classmethod
     def from_file(cls, path: Path, *, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
@@ -68,12 +74,18 @@ class ChatTemplate:
         return cls(source, bos_token=bos_token, eos_token=eos_token)
 
     def render(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        **variables: Any,
     ) -> str:
-        """Return the prompt text for ``messages``.
+        """Return the prompt text for ``messages``; ``variables`` go to the template too.
 
-        Raises :class:`BadRequest` when the template refuses the messages, and
-        :class:`BundleError` when the template itself breaks (or tries to escape the sandbox).
+        ``tools`` (OpenAI function schemas) and ``enable_thinking`` are the variables Hugging
+        Face templates read. Raises :class:`BadRequest` when the template refuses the
+        messages, and :class:`BundleError` when the template itself breaks (or tries to
+        escape the sandbox).
         """
         plain = [dict(m) for m in messages]
         try:
@@ -82,6 +94,7 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **variables,
             )
         except BadRequest:
             raise

@@ -57,11 +57,6 @@ def _template(root: Path, manifest: Manifest, tokenizer: Tokenizer) -> ChatTempl
     )
 
 
-def _model_folders(root: Path, options: EngineOptions) -> list[Path]:
-    cache = [Path(options.optimized_model_dir)] if options.optimized_model_dir else []
-    return [root, *cache]
-
-
 def load_engine(
     bundle_dir: Path | str, options: EngineOptions | None = None,
     memory: MemoryPolicy | None = None,
@@ -87,13 +82,11 @@ def load_engine(
         defaults = dataclasses.replace(defaults, max_tokens=options.default_max_tokens)
     plan = plan_providers(options)
     model_sha = manifest.files[manifest.model_file].sha256
-    memory.before_session()
-    session, model_path, cache_hit = create_session(
+    session, _, cache_hit = create_session(
         root / manifest.model_file, model_sha, plan, options
     )
-    memory.after_session(_model_folders(root, options), model_path)
-    # After the session, not before: the tokenizer's parse frees tens of MB (54 for Qwen2.5)
-    # that would sit under ONNX Runtime's peak; here they are handed back before serving.
+    # After the session, not before: the tokenizer's parse frees tens of MB that would sit
+    # under ONNX Runtime's peak; the policy's heap trim (after_load) hands them back.
     tokenizer = Tokenizer(
         root / manifest.tokenizer_file, bos_id=arch.bos_token_id, add_bos=arch.add_bos_token
     )

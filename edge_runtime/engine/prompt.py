@@ -8,42 +8,77 @@ too unless the request asks for ``special_tokens``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from edge_runtime.engine.chat_format import ChatFormat
 from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.request import GenerationRequest, Message
 from edge_runtime.engine.tokenizer import Tokenizer
 from edge_runtime.errors import BadRequest
 
 
+@dataclass(frozen=True)
+class EncodedPrompt:
+    ids: list[int]
+    reasoning_open: bool = False
+    """The rendered prompt ends inside the reasoning (the answer starts there)."""
+
+
 def encode_request(
-    request: GenerationRequest, *, template: ChatTemplate | None, tokenizer: Tokenizer
-) -> list[int]:
+    request: GenerationRequest,
+    *,
+    template: ChatTemplate | None,
+    tokenizer: Tokenizer,
+    chat_format: ChatFormat | None = None,
+) -> EncodedPrompt:
     """Return the prompt's token ids; raise :class:`BadRequest` when there are none."""
+    encoded = EncodedPrompt([])
     if not request.chat:
         assert request.prompt is not None
-        ids = tokenizer.encode(request.prompt, special=request.special_tokens)
+        encoded = EncodedPrompt(tokenizer.encode(request.prompt, special=request.special_tokens))
     elif template is None:
         if request.prompt is None:
             raise BadRequest("this model has no chat template; send a plain prompt instead")
-        ids = tokenizer.encode(request.prompt, special=False)
+        encoded = EncodedPrompt(tokenizer.encode(request.prompt, special=False))
     else:
-        messages = request.messages or [Message(role="user", content=request.prompt or "")]
-        ids = encode_chat(messages, template, tokenizer)
-    if not ids:
+        encoded = encode_chat(request, template, tokenizer, chat_format or ChatFormat())
+    if not encoded.ids:
         raise BadRequest("the prompt is empty")
-    return ids
+    return encoded
 
 
-def encode_chat(messages: list[Message], template: ChatTemplate, tokenizer: Tokenizer) -> list[int]:
-    """Render ``messages`` with the template and tokenize, content as plain text."""
-    text = template.render([m.model_dump() for m in messages])
+def _variables(request: GenerationRequest, chat_format: ChatFormat) -> dict[str, Any]:
+    variables: dict[str, Any] = {}
+    if request.tools:
+        if not chat_format.tools:
+            raise BadRequest("this model's chat template has no tool support; send the "
+                             "request without tools")
+        variables["tools"] = [t.model_dump(by_alias=True, exclude_none=True)
+                              for t in request.tools]
+    if request.think is not None and chat_format.think_switch:
+        variables["enable_thinking"] = request.think
+    return variables
+
+
+def encode_chat(
+    request: GenerationRequest, template: ChatTemplate, tokenizer: Tokenizer,
+    chat_format: ChatFormat,
+) -> EncodedPrompt:
+    """Render the request's chat with the template and tokenize, content as plain text."""
+    messages = request.messages or [Message(role="user", content=request.prompt or "")]
+    text = template.render([m.for_template() for m in messages],
+                           **_variables(request, chat_format))
+    reasoning_open = chat_format.reasoning_open(text)
     # A chat template writes its own bos_token when the model wants one.
-    marked = [m.content for m in messages if tokenizer.has_control_markup(m.content)]
+    contents = [m.content for m in messages if m.content]
+    marked = [c for c in contents if tokenizer.has_control_markup(c)]
     if not marked:
-        return tokenizer.encode(text, add_bos=False)
+        return EncodedPrompt(tokenizer.encode(text, add_bos=False), reasoning_open)
     ids: list[int] = []
     for piece, is_content in _split(text, marked):
         ids += tokenizer.encode(piece, add_bos=False, special=not is_content)
-    return ids
+    return EncodedPrompt(ids, reasoning_open)
 
 
 def _split(text: str, contents: list[str]) -> list[tuple[str, bool]]:

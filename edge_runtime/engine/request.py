@@ -11,6 +11,7 @@ the published JSON Schemas are generated from these classes (``edge-runtime sche
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -48,11 +49,117 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionCall(StrictModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: Text = Field(description="The arguments as a JSON object, in a string.")
+
+
+class ToolCall(StrictModel):
+    """A call the model made, as the final reports it (and as a client sends it back)."""
+
+    id: str = Field(min_length=1, max_length=64)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(StrictModel):
     """One turn of a chat."""
 
-    role: Literal["system", "user", "assistant"]
-    content: Text = Field(max_length=MAX_CONTENT_CHARS)
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Text | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, max_length=16, description="An assistant turn's calls (from a final)."
+    )
+    tool_call_id: str | None = Field(
+        default=None, max_length=64, description="A tool turn: the call it answers."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (null only for an assistant's tool calls)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant turn carries tool_calls")
+        return self
+
+    @property
+    def text_bytes(self) -> int:
+        """The size of the content and call arguments in UTF-8."""
+        calls = sum(len(c.function.arguments.encode("utf-8")) for c in self.tool_calls or ())
+        return len((self.content or "").encode("utf-8")) + calls
+
+    def for_template(self) -> dict[str, Any]:
+        """Return the message as chat templates expect it (call arguments as objects)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": c.type,
+                 "function": {"name": c.function.name, "arguments": _object(c.function.arguments)}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+def _object(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+class JsonSchemaFormat(StrictModel):
+    name: str = Field(default="answer", pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema to follow.")
+    strict: bool = True
+
+
+class ResponseFormat(StrictModel):
+    """OpenAI's ``response_format``: free text, any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema goes with type "json_schema" and only with it')
+        return self
+
+
+class Grammar(StrictModel):
+    """A grammar the answer must follow: llguidance's Lark dialect, or a whole-match regex."""
+
+    type: Literal["lark", "regex"]
+    grammar: str = Field(min_length=1)
+
+
+class FunctionDef(StrictModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="The JSON Schema of the arguments object."
+    )
+    strict: bool | None = None
+
+
+class ToolDef(StrictModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(StrictModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(StrictModel):
+    type: Literal["function"]
+    function: FunctionName
 
 
 def _one_prompt(schema: dict[str, Any]) -> None:
@@ -102,6 +209,25 @@ class GenerationRequest(Sampling):
         default=None, min_length=1, max_length=MAX_MESSAGES, description="A chat, oldest first."
     )
     chat: bool = Field(default=True, description="Render the bundle's chat template.")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="JSON (any object, or following a schema), enforced while "
+        "decoding.",
+    )
+    grammar: Grammar | None = Field(default=None, description="A grammar enforced while decoding.")
+    tools: list[ToolDef] | None = Field(default=None, min_length=1, max_length=64)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = Field(
+        default=None, description='Default "auto" when tools are given.'
+    )
+    parallel_tool_calls: bool = True
+    think: bool | None = Field(
+        default=None,
+        description="Reasoning models: false asks the chat template for no reasoning (where it "
+        "has that switch); null keeps the model's default.",
+    )
+    max_reasoning_tokens: int | None = Field(
+        default=None, ge=0, description="Reasoning models: end the reasoning after this many "
+        "tokens and go on with the answer.",
+    )
     special_tokens: bool = Field(
         default=False,
         description="Raw mode (chat false) only: control-token markup in the prompt, such as "
@@ -116,14 +242,28 @@ class GenerationRequest(Sampling):
             raise ValueError("messages need chat mode; send a plain prompt for completion")
         if self.special_tokens and self.chat:
             raise ValueError("special_tokens is for raw prompts (chat false) only")
+        if (self.tools or self.tool_choice is not None) and not self.chat:
+            raise ValueError("tools need chat mode")
+        if self.tool_choice is not None and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if self.constrained and self.stop:
+            raise ValueError("stop cannot be combined with response_format, grammar or tools: "
+                             "the grammar decides where the answer ends")
         return self
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the answer's form is enforced while decoding."""
+        wants_json = self.response_format is not None and self.response_format.type != "text"
+        calls = self.tools is not None and self.tool_choice != "none"
+        return wants_json or self.grammar is not None or calls
 
     @property
     def prompt_bytes(self) -> int:
         """The size of the prompt text (or of all message contents) in UTF-8."""
         if self.prompt is not None:
             return len(self.prompt.encode("utf-8"))
-        return sum(len(m.content.encode("utf-8")) for m in self.messages or ())
+        return sum(m.text_bytes for m in self.messages or ())
 
 
 def first_problem(exc: ValidationError) -> str:

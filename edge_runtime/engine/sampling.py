@@ -52,7 +52,7 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Return float32 probabilities for ``logits`` (normalized with a float64 sum)."""
     values = np.asarray(logits, dtype=np.float32)
-    probs = values - values.max()
+    probs: np.ndarray = values - values.max()
     # exp(-80) is still a normal float32: no slow denormals, and such tokens are never drawn.
     np.maximum(probs, _FLOOR, out=probs)
     np.exp(probs, out=probs)
@@ -89,19 +89,24 @@ def min_p_keep(probs: np.ndarray, min_p: float) -> np.ndarray:
     return np.flatnonzero(probs >= min_p * probs.max())
 
 
-def candidates(logits: np.ndarray, config: SamplerConfig) -> tuple[np.ndarray | None, np.ndarray]:
+def candidates(
+    logits: np.ndarray, config: SamplerConfig, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Return the token ids the sampler may draw and their renormalized probabilities.
 
     Each filter works on what the previous one kept, renormalized: top_k on the scaled
     logits, then top_p, then min_p on the probabilities. Ids are None when every token is
     still a candidate (positions are then the ids), which saves a gather on big vocabularies.
+    ``allowed`` restricts the candidates to those ids first (a constraint's mask).
     """
     scaled = np.asarray(logits, dtype=np.float32) / np.float32(config.temperature)
-    np.clip(scaled, -_LOGIT_LIMIT, _LOGIT_LIMIT, out=scaled)
     ids: np.ndarray | None = None
+    if allowed is not None:
+        ids, scaled = allowed, scaled[allowed]
+    np.clip(scaled, -_LOGIT_LIMIT, _LOGIT_LIMIT, out=scaled)
     if 0 < config.top_k < scaled.size:
-        ids = top_k_ids(scaled, config.top_k)
-        scaled = scaled[ids]
+        kept = top_k_ids(scaled, config.top_k)
+        ids, scaled = (kept if ids is None else ids[kept]), scaled[kept]
     probs = softmax(scaled)
     if config.top_p < 1.0:
         ids, probs = _narrow(ids, probs, top_p_keep(probs, config.top_p))
@@ -158,13 +163,16 @@ class Sampler:
             self._seen_mask[token] = True
             self._seen.append(token)
 
-    def sample(self, logits: np.ndarray) -> int:
-        """Return the next token for ``logits`` [vocab] and remember it."""
-        token = self._choose(logits)
+    def sample(self, logits: np.ndarray, *, masked: bool = False) -> int:
+        """Return the next token for ``logits`` [vocab] and remember it.
+
+        ``masked``: forbidden tokens hold -inf (a constraint); only the others are drawn.
+        """
+        token = self._choose(logits, masked)
         self.observe(token)
         return token
 
-    def _choose(self, logits: np.ndarray) -> int:
+    def _choose(self, logits: np.ndarray, masked: bool) -> int:
         config = self.config
         if config.repetition_penalty != 1.0:
             logits = np.array(logits, dtype=np.float32)
@@ -172,6 +180,7 @@ class Sampler:
             apply_repetition_penalty(logits, seen, config.repetition_penalty)
         if config.greedy:
             return int(np.argmax(logits))
-        ids, probs = candidates(logits, config)
+        allowed = np.flatnonzero(np.isfinite(logits)) if masked else None
+        ids, probs = candidates(logits, config, allowed)
         position = draw(probs, self._rng.random())
         return position if ids is None else int(ids[position])

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_runtime.engine.channels import Piece
 from edge_runtime.engine.prefix_cache import CacheStats
 from edge_runtime.engine.runners import KvSlots
 from edge_runtime.engine.sequence import Sequence, now
@@ -238,7 +239,7 @@ class Scheduler:
         clock = sequence.clock
         clock.last_token = now()
         clock.first_token = clock.first_token or clock.last_token
-        sequence.emit(step.delta)
+        sequence.emit(Piece(step.delta, step.reasoning))
         if step.finished:
             sequence.finish()
             return True

@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from edge_runtime.engine.channels import Piece
 from edge_runtime.engine.decoding import Decoding
 from edge_runtime.engine.types import FinishReason, GenerationResult, Timings, Usage
 from edge_runtime.errors import EdgeRuntimeError
@@ -21,9 +23,10 @@ from edge_runtime.errors import EdgeRuntimeError
 
 @dataclass(frozen=True)
 class Delta:
-    """A piece of the answer, in order; the pieces join to the result's text."""
+    """A piece of the answer and of the reasoning, in order; they join to the result's."""
 
     text: str
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Sequence:
     next_token: int = 0
     """The token to feed at the next decode step."""
     ended: bool = False
+    tool_calls: Callable[[str], tuple[str, list[dict[str, Any]]]] | None = None
+    """Parse the held tool-call text into extra content and calls (tools offered)."""
 
     @property
     def prompt_left(self) -> int:
@@ -91,9 +96,9 @@ class Sequence:
     def cancelled(self) -> bool:
         return self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set())
 
-    def emit(self, text: str) -> None:
-        if text:
-            self.events.put(Delta(text))
+    def emit(self, piece: Piece) -> None:
+        if piece.text or piece.reasoning:
+            self.events.put(Delta(piece.text, piece.reasoning))
 
     def finish(self, reason: FinishReason | None = None) -> None:
         """End the sequence (``reason`` from outside, e.g. CANCELLED) and send its result."""
@@ -109,12 +114,21 @@ class Sequence:
 
     def result(self) -> GenerationResult:
         d = self.decoding
+        text, finish = d.text, d.finish or FinishReason.STOP
+        calls: list[dict[str, Any]] = []
+        if self.tool_calls is not None and d.held:
+            extra, calls = self.tool_calls(d.held)
+            text = (text + extra).strip() if calls else text + d.held
+            if calls and finish is FinishReason.STOP:
+                finish = FinishReason.TOOL_CALLS
         return GenerationResult(
-            text=d.text,
-            finish_reason=d.finish or FinishReason.STOP,
+            text=text,
+            finish_reason=finish,
             usage=Usage(len(self.prompt_ids), d.completion_tokens, self.cached),
             timings=self.clock.timings(),
             token_ids=tuple(d.tokens),
+            reasoning=d.reasoning,
+            tool_calls=tuple(calls),
         )
 
 
@@ -122,14 +136,20 @@ def now() -> float:
     return time.monotonic()
 
 
-def relay(sequence: Sequence, on_delta: Callable[[str], None] | None) -> GenerationResult:
-    """Pass the sequence's pieces to ``on_delta`` in this thread; return its result."""
+def relay(
+    sequence: Sequence,
+    on_delta: Callable[[str], None] | None,
+    on_reasoning: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Pass the sequence's answer and reasoning pieces on in this thread; return its result."""
     try:
         while True:
             event = sequence.events.get()
             if isinstance(event, Delta):
-                if on_delta is not None:
+                if on_delta is not None and event.text:
                     on_delta(event.text)
+                if on_reasoning is not None and event.reasoning:
+                    on_reasoning(event.reasoning)
             elif isinstance(event, Done):
                 return event.result
             else:
@@ -144,7 +164,8 @@ def pieces(sequence: Sequence) -> Iterator[str]:
         while True:
             event = sequence.events.get()
             if isinstance(event, Delta):
-                yield event.text
+                if event.text:
+                    yield event.text
             elif isinstance(event, Done):
                 return
             else:

@@ -30,7 +30,9 @@ class Tokenizer:
             for token_id, token in self._tok.get_added_tokens_decoder().items()
             if token.special
         )
-        # ``encode_special_tokens`` is a switch on the shared tokenizer: flip it under a lock.
+        # ``encode_special_tokens`` is a switch on the shared tokenizer; flipping it while
+        # another thread decodes fails ("Already mutably borrowed"), so every call into the
+        # library holds this lock.
         self._lock = threading.Lock()
 
     def encode(
@@ -58,16 +60,19 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Return the text of ``ids`` with special tokens left out."""
-        return str(self._tok.decode(list(ids), skip_special_tokens=True))
+        with self._lock:
+            return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
     def token_text(self, token_id: int) -> str | None:
         """Return the vocabulary entry for ``token_id`` (raw, not decoded)."""
-        token: str | None = self._tok.id_to_token(token_id)
+        with self._lock:
+            token: str | None = self._tok.id_to_token(token_id)
         return token
 
     @property
     def vocab_size(self) -> int:
-        return int(self._tok.get_vocab_size(with_added_tokens=True))
+        with self._lock:
+            return int(self._tok.get_vocab_size(with_added_tokens=True))
 
     def detokenizer(self, prompt_ids: Sequence[int] = ()) -> IncrementalDetokenizer:
         """Return a fresh incremental detokenizer that continues after ``prompt_ids``."""

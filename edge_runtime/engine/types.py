@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from edge_runtime.engine.request import GenerationRequest
@@ -18,6 +18,7 @@ class FinishReason(str, Enum):
     LENGTH = "length"
     CANCELLED = "cancelled"
     ERROR = "error"
+    TOOL_CALLS = "tool_calls"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class GenerationResult:
     timings: Timings = field(default_factory=Timings)
     token_ids: tuple[int, ...] = ()
     """The generated tokens (no end-of-sequence token), for tests and benchmarks."""
+    reasoning: str = ""
+    """What a reasoning model wrote between its think markers (not part of ``text``)."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """Calls in OpenAI's ``tool_calls`` shape, when the request offered tools."""
 
 
 DeltaCallback = Callable[[str], None]
@@ -85,13 +90,15 @@ class Engine(Protocol):
         *,
         cancel: threading.Event | None = None,
         on_delta: DeltaCallback | None = None,
+        on_reasoning: DeltaCallback | None = None,
         queued_since: float | None = None,
     ) -> GenerationResult:
         """Generate an answer; raise a typed error (``BadRequest``...) before any work.
 
         ``cancel`` set from another thread stops generation within one token with
         ``finish_reason`` CANCELLED. ``on_delta`` runs in the caller's thread and never
-        receives half a UTF-8 character nor any part of a stop string. ``queued_since``
+        receives half a UTF-8 character nor any part of a stop string; ``on_reasoning``
+        gets a reasoning model's reasoning the same way. ``queued_since``
         (``time.monotonic``) is when the caller's own queue took the request.
         """
         ...

@@ -27,7 +27,6 @@ from edge_runtime.service.protocol import (
     Request,
     RequestParser,
 )
-from edge_runtime.service.replies import chunk_payload
 from edge_runtime.service.store import OutboxItem, Store, StoreError
 from edge_runtime.service.telemetry import (
     Counters,
@@ -230,7 +229,7 @@ class Daemon:
                 log.error("%s", exc.message)
 
     # ----- replies ---------------------------------------------------------------------
-    def _publish_chunk(self, req: Request, seq: int, delta: str) -> None:
+    def _publish_chunk(self, req: Request, payload: bytes) -> None:
         """Publish a stream chunk (called from the worker thread; best effort).
 
         At QoS 0: a chunk is a preview of the final, and brokers keep QoS 1 messages for an
@@ -239,8 +238,7 @@ class Daemon:
         """
         try:
             self.transport.publish(
-                req.reply.topic, chunk_payload(req.id, seq, delta), qos=0,
-                correlation_data=req.reply.correlation_data,
+                req.reply.topic, payload, qos=0, correlation_data=req.reply.correlation_data
             )
         except Exception:  # chunks are best effort
             log.exception("chunk for %s not published", req.id)

@@ -108,7 +108,9 @@ class Intake:
         self.jobs.put(Job(req))
         log.debug("accepted %s (deadline %s, %d queued)", req.id, req.deadline, len(self.jobs))
 
-    def _reject(self, error: EdgeRuntimeError, request_id: str | None, reply: ReplyPlace | None):
+    def _reject(
+        self, error: EdgeRuntimeError, request_id: str | None, reply: ReplyPlace | None
+    ) -> None:
         self.counters.errors[error.code] += 1
         if reply is None:
             self.counters.unanswerable += 1

@@ -104,7 +104,7 @@ class Request:
         corr = self.reply.correlation_data
         return json.dumps({
             "id": self.id,
-            "body": self.body.model_dump(mode="json", exclude_defaults=True),
+            "body": self.body.model_dump(mode="json", by_alias=True, exclude_defaults=True),
             "reply_topic": self.reply.topic,
             "correlation": corr.hex() if corr is not None else None,
             "deadline": self.deadline,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from edge_runtime.engine.request import StrictModel
+from edge_runtime.engine.request import StrictModel, ToolCall
 from edge_runtime.engine.types import GenerationResult
 from edge_runtime.errors import EdgeRuntimeError, error_codes
 
@@ -51,12 +51,21 @@ class TimingsInfo(StrictModel):
     tokens_per_s: float | None = Field(default=None, ge=0)
 
 
+def _some_text(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = [{"properties": {"delta": {"minLength": 1}}, "required": ["delta"]},
+                       {"required": ["reasoning"]}]
+
+
 class Chunk(StrictModel):
-    """A stream chunk: ``seq`` counts from 0 and the deltas join to the final text."""
+    """A stream chunk: ``seq`` counts from 0; the deltas join to the final text, the
+    reasoning pieces to its reasoning."""
+
+    model_config = ConfigDict(json_schema_extra=_some_text)
 
     id: str
     seq: int = Field(ge=0)
-    delta: str = Field(min_length=1)
+    delta: str = ""
+    reasoning: str | None = Field(default=None, min_length=1)
 
 
 def _error_iff_failed(schema: dict[str, Any]) -> None:
@@ -73,8 +82,14 @@ class Final(StrictModel):
     id: str | None = Field(description="null only when the request carried no usable id.")
     done: Literal[True]
     text: str
-    finish_reason: Literal["stop", "length", "cancelled", "error"]
+    finish_reason: Literal["stop", "length", "cancelled", "error", "tool_calls"]
     error: ErrorInfo | None = None
+    reasoning: str | None = Field(
+        default=None, description="A reasoning model's reasoning, kept apart from text."
+    )
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, description='Calls to the offered tools (finish_reason "tool_calls").'
+    )
     usage: UsageInfo
     timings: TimingsInfo
 
@@ -84,9 +99,10 @@ def _dump(model: StrictModel) -> bytes:
     return model.model_dump_json(exclude_unset=True).encode()
 
 
-def chunk_payload(request_id: str, seq: int, delta: str) -> bytes:
-    """Build one stream chunk."""
-    return _dump(Chunk(id=request_id, seq=seq, delta=delta))
+def chunk_payload(request_id: str, seq: int, delta: str, reasoning: str = "") -> bytes:
+    """Build one stream chunk (answer text, reasoning, or both)."""
+    extra = {"reasoning": reasoning} if reasoning else {}
+    return _dump(Chunk(id=request_id, seq=seq, delta=delta, **extra))
 
 
 def _timings(result: GenerationResult) -> TimingsInfo:
@@ -111,10 +127,15 @@ def _usage(prompt: int = 0, completion: int = 0, cached: int | None = None) -> U
 def final_payload(request_id: str, result: GenerationResult) -> dict[str, Any]:
     """Build the final message for a finished generation."""
     u = result.usage
+    extra: dict[str, Any] = {}
+    if result.reasoning:
+        extra["reasoning"] = result.reasoning
+    if result.tool_calls:
+        extra["tool_calls"] = [ToolCall.model_validate(c) for c in result.tool_calls]
     final = Final(
         id=request_id, done=True, text=result.text, finish_reason=result.finish_reason.value,
         usage=_usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
-        timings=_timings(result),
+        timings=_timings(result), **extra,
     )
     return final.model_dump(mode="json", exclude_unset=True)
 

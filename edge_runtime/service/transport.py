@@ -44,7 +44,7 @@ class MessageArrived:
 
 
 TransportEvent = Connected | Disconnected | Subscribed | Published | MessageArrived
-EventQueue = queue.SimpleQueue
+EventQueue = queue.SimpleQueue[object]
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,13 @@ from typing import Any
 from edge_runtime.engine.types import Engine, FinishReason
 from edge_runtime.errors import EdgeRuntimeError, Expired, ShuttingDown, as_error
 from edge_runtime.service.protocol import Request
-from edge_runtime.service.replies import error_payload, final_payload
+from edge_runtime.service.replies import chunk_payload, error_payload, final_payload
 from edge_runtime.service.transport import EventQueue
 
 log = logging.getLogger(__name__)
 
-ChunkSink = Callable[[Request, int, str], None]
+ChunkSink = Callable[[Request, bytes], None]
+"""Publish one chunk payload for a request (best effort)."""
 
 
 @dataclass
@@ -169,15 +170,16 @@ class Worker:
             return Finished(req, error_payload(req.id, Expired("deadline passed before start")))
         seq = 0
 
-        def on_delta(delta: str) -> None:
+        def send(delta: str, reasoning: str = "") -> None:
             nonlocal seq
-            if req.body.stream and delta:
-                self._chunks(req, seq, delta)
+            if req.body.stream:
+                self._chunks(req, chunk_payload(req.id, seq, delta, reasoning))
                 seq += 1
 
         try:
             result = self.engine.generate(
-                req.body, cancel=job.cancel, on_delta=on_delta, queued_since=job.queued_at
+                req.body, cancel=job.cancel, on_delta=send,
+                on_reasoning=lambda text: send("", text), queued_since=job.queued_at
             )
         except EdgeRuntimeError as exc:
             queued_s = time.monotonic() - job.queued_at

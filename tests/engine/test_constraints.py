@@ -319,3 +319,22 @@ def test_request_fields_become_one_spec() -> None:
     ):
         with pytest.raises(BadRequest):
             request_spec(**bad)
+
+
+def test_unbounded_integers_stop_at_json_s_safe_range(
+    real: RealTokenizer, factory: ConstraintFactory, engine_tokenizer: Tokenizer
+) -> None:
+    spec = _schema_spec({"type": "object", "properties": {"n": {"type": "integer"}},
+                         "required": ["n"], "additionalProperties": False})
+    for text, complete in (('{"n": -9007199254740991}', True),
+                           ('{"n": 9007199254740992}', False),
+                           ('{"n": 90071992547409910}', False)):
+        constraint = factory.compile(spec)
+        ids = engine_tokenizer.encode(text)
+        taken = 0
+        for token in ids:
+            if token not in constraint.allowed_ids():
+                break
+            constraint.consume(token)
+            taken += 1
+        assert (taken == len(ids) and constraint.done) == complete, text

@@ -227,25 +227,24 @@ def test_a_generic_export_the_runtime_cannot_feed_is_refused(
 def test_rows_decoded_in_one_batch_get_the_logits_they_get_alone(
     family: str, family_bundle: Callable[..., Path]
 ) -> None:
-    from edge_runtime.engine.runners.gqa import GqaRunner, GqaSlots
+    from edge_runtime.engine.runners.gqa import GqaSlots
 
     engine = engine_for(family_bundle(family))
-    assert isinstance(engine.runner, GqaRunner)
     prompts = [engine.tokenizer.encode(SHORT), engine.tokenizer.encode(LONG)[:30]]
     alone: list[list[np.ndarray]] = []
     paths: list[list[int]] = []
     for prompt in prompts:  # each row alone: the prompt, then greedy steps
-        engine.runner.reset(len(prompt) + STEPS)
-        logits, steps, path = engine.runner.forward(np.asarray(prompt)), [], []
+        sequence = engine.single_sequence()
+        sequence.reset(len(prompt) + STEPS)
+        logits, steps, path = sequence.forward(np.asarray(prompt)), [], []
         for _ in range(STEPS):
             path.append(int(np.argmax(logits)))
-            logits = engine.runner.forward(np.asarray(path[-1:]))
+            logits = sequence.forward(np.asarray(path[-1:]))
             steps.append(logits)
         alone.append(steps)
         paths.append(path)
-    manifest = engine.manifest
-    slots = GqaSlots(engine.runner.slots.session, manifest.graph, manifest.architecture,
-                     slots=2, max_length=engine.context_length)
+    slots = engine.new_slots(2)
+    assert isinstance(slots, GqaSlots)
     for row, prompt in enumerate(prompts):
         slots.run(row, np.asarray([prompt]), np.zeros(1, np.int64))
     lengths = np.array([len(p) for p in prompts], np.int64)

@@ -146,6 +146,7 @@ class FakeEngine:
 
     def generate(self, request: GenerationRequest, *, cancel: threading.Event | None = None,
                  on_delta: DeltaCallback | None = None,
+                 on_reasoning: DeltaCallback | None = None,
                  queued_since: float | None = None) -> GenerationResult:
         self.calls += 1
         queued = time.monotonic() - queued_since if queued_since is not None else 0.0

@@ -25,10 +25,13 @@ Built on llguidance (an Earley parser over the tokenizer's token trie). The inte
   :meth:`ConstraintFactory.decode`) into content and OpenAI-shaped ``tool_calls``.
 
 JSON comes out on one line (one optional space after ``,`` and ``:``); property order
-follows the schema. Unsupported JSON Schema keywords (``not``, ``uniqueItems``, unknown
-``format`` values, lookaround in ``pattern``) are refused, never ignored.
+follows the schema; strings hold characters as they are (``\\u`` escapes only for control
+characters). The constraint cannot finish an answer that ``max_tokens`` or a stop string
+cuts short: such an answer is incomplete. Unsupported JSON Schema keywords (``not``,
+``uniqueItems``, unknown ``format`` values, lookaround in ``pattern``) are refused, never
+ignored.
 
-Limits (:class:`ConstraintLimits`): spec size (64 KiB) and nesting (32 levels) checked
+Limits (:class:`ConstraintLimits`): spec size (64 KiB) and nesting (64 levels) checked
 before compiling; llguidance's grammar size and lexer/parser fuel bound compile time and
 each step's work; a step's mask that needs more fuel, or more than ``mask_budget_ms`` of
 wall-clock, ends that sequence with ``BadRequest``, never a stuck worker.

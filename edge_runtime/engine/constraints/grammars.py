@@ -20,6 +20,12 @@ JSON_OPTIONS: dict[str, Any] = {
     "lenient": False,
 }
 # Lines of a library error that are not the message: source excerpts, carets, markers.
+_SAFE_INTEGER = 2**53 - 1
+# Keywords whose values are schemas (not data such as enum or const values).
+_ONE_SCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains",
+               "propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _EXCERPT = re.compile(r"^\s*(\d+\s*\||\^+\s*$|<non-verbose/>$)")
 
 
@@ -44,9 +50,37 @@ def json_schema_grammar(schema: object, limits: ConstraintLimits, what: str = "s
 
 
 def schema_for_library(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``schema`` with this module's formatting options in place of the sender's."""
+    """Return ``schema`` with this module's formatting options in place of the sender's,
+    and integers without bounds bounded to JSON's safe range (see :func:`bound_integers`)."""
     own = {key: value for key, value in schema.items() if key != "x-guidance"}
-    return {"x-guidance": JSON_OPTIONS, **own}
+    return {"x-guidance": JSON_OPTIONS, **bound_integers(own)}
+
+
+def bound_integers(schema: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``schema`` whose unbounded integers lie within +-(2**53 - 1).
+
+    A small model sampling an unbounded integer can repeat a digit until ``max_tokens``
+    ends the answer unfinished; 16 digits is also all a JSON parser keeps exactly.
+    """
+    root = json.loads(json.dumps(schema))
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):  # "items" as a list (older drafts), or a list keyword
+            stack.extend(node)
+        if not isinstance(node, dict):
+            continue
+        kinds = node.get("type")
+        if kinds == "integer" or (isinstance(kinds, list) and "integer" in kinds):
+            if "minimum" not in node and "exclusiveMinimum" not in node:
+                node["minimum"] = -_SAFE_INTEGER
+            if "maximum" not in node and "exclusiveMaximum" not in node:
+                node["maximum"] = _SAFE_INTEGER
+        stack.extend(node.get(key) for key in (*_ONE_SCHEMA, *_SCHEMA_LISTS))
+        for key in _SCHEMA_MAPS:
+            if isinstance(node.get(key), dict):
+                stack.extend(node[key].values())
+    return dict(root)
 
 
 def lark_grammar(text: object, limits: ConstraintLimits) -> str:

@@ -62,12 +62,19 @@ class Constraint:
     @property
     def accepting(self) -> bool:
         """Whether the output so far is complete: end-of-sequence is allowed now."""
+        self._settle()
         return self._ended or bool(self._matcher.is_accepting())
 
     @property
     def done(self) -> bool:
         """Whether nothing more may follow: the sequence should end (no sample needed)."""
+        self._settle()
         return self._ended or bool(self._matcher.is_stopped())
+
+    def _settle(self) -> None:
+        """Let a mask being computed in the worker finish: the matcher is not shared."""
+        if self._pending is not None:
+            self._check(self._wait())
 
     def prepare(self) -> None:
         """Start computing the next mask in a worker thread (the library drops the GIL)."""
@@ -78,7 +85,8 @@ class Constraint:
         """Set the logits of tokens the grammar forbids to -inf, in place (last axis: vocab)."""
         if logits.shape[-1] != self._vocab:
             raise ValueError(f"logits have {logits.shape[-1]} entries, not {self._vocab}")
-        self._check(self._wait() if self._pending is not None else self._compute())
+        if not self._fresh:
+            self._check(self._wait() if self._pending is not None else self._compute())
         allowed = np.unpackbits(self._words.view(np.uint8), count=self._vocab, bitorder="little")
         allowed = allowed.view(bool)
         allowed[self._eos] = self.accepting

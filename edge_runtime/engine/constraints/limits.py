@@ -23,7 +23,7 @@ class ConstraintLimits:
     max_spec_bytes: int = 64 * 1024
     max_depth: int = 64  # of the JSON document: two levels per nested object schema
     max_tools: int = 64
-    mask_budget_ms: float = 250.0
+    mask_budget_ms: float = 500.0  # a backstop: the fuel limits bound a step first
     max_grammar_size: int = 200_000
     max_items_in_row: int = 2_000
     initial_lexer_fuel: int = 1_000_000

@@ -38,4 +38,5 @@ class SingleSequence:
             raise ValueError("forward() needs at least one token")
         logits = self.slots.run(0, ids, np.array([self._length], dtype=np.int64))
         self._length += ids.shape[1]
-        return logits[0].copy()
+        row: np.ndarray = logits[0].copy()
+        return row
