@@ -94,7 +94,7 @@ class Prompts:
                          Message(role="assistant", content=answered)]
         messages.append(Message(role="user", content=question))
         return encode_request(GenerationRequest(messages=messages), template=self.template,
-                              tokenizer=self.tokenizer)
+                              tokenizer=self.tokenizer).ids
 
 
 # Workers ------------------------------------------------------------------------------------

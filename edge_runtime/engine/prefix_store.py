@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from edge_runtime.engine.prefix_cache import Block, PrefixCache
+from edge_runtime.engine.runners.gqa import lazy_zeros
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def _read_blocks(cache: PrefixCache, fh: BinaryIO, header: dict[str, Any]) -> in
         if parent >= 0 and above is None:
             placed.append(None)  # its parent did not fit: neither does it
             continue
-        kv = np.frombuffer(data, dtype).reshape(layers, pair, heads, count, dim).copy()
+        kv = lazy_zeros((layers, pair, heads, count, dim), dtype)
+        kv[...] = np.frombuffer(data, dtype).reshape(kv.shape)
         placed.append(cache.attach(above, tuple(int(t) for t in tokens), kv))
     return sum(block is not None for block in placed)
