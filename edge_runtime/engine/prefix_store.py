@@ -76,7 +76,8 @@ def _write_header(fh: BinaryIO, header: dict[str, Any]) -> None:
 def restore(cache: PrefixCache, path: Path, key: str) -> int:
     """Read the blocks saved at ``path`` into ``cache``, within its bound; return how many.
 
-    A missing file, another key or a damaged file gives 0 and leaves the cache as it was.
+    The file is read whole before any block goes in: a missing file, another key or a
+    damaged file gives 0 and leaves the cache as it was.
     """
     if not path.is_file():
         return 0
@@ -86,11 +87,16 @@ def restore(cache: PrefixCache, path: Path, key: str) -> int:
             if header.get("version") != VERSION or header.get("key") != key:
                 log.info("prefix cache: %s is for another bundle or runtime; not used", path)
                 return 0
-            return _read_blocks(cache, fh, header)
+            blocks = _read_blocks(fh, header, cache.token_bytes, cache.budget)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("prefix cache: cannot read %s (%s); starting empty", path, exc)
-        cache.clear()
+        log.warning("prefix cache: cannot read %s (%s); not used", path, exc)
         return 0
+    placed: list[Block | None] = []
+    for parent, tokens, kv in blocks:
+        above = placed[parent] if parent >= 0 else None
+        fits = parent < 0 or above is not None  # a block whose parent did not fit does not
+        placed.append(cache.attach(above, tokens, kv) if fits else None)
+    return sum(block is not None for block in placed)
 
 
 def _read_header(fh: BinaryIO) -> dict[str, Any]:
@@ -103,21 +109,26 @@ def _read_header(fh: BinaryIO) -> dict[str, Any]:
     return header
 
 
-def _read_blocks(cache: PrefixCache, fh: BinaryIO, header: dict[str, Any]) -> int:
+def _read_blocks(
+    fh: BinaryIO, header: dict[str, Any], token_bytes: int, budget: int
+) -> list[tuple[int, tuple[int, ...], np.ndarray]]:
+    """Read (parent index, tokens, KV) of the saved blocks, up to ``budget`` bytes of KV."""
     dtype = np.dtype(header["dtype"]) if header["blocks"] else np.dtype(np.float32)
     layers, pair, heads, dim = (int(n) for n in header["shape"] or (0, 0, 0, 0))
-    placed: list[Block | None] = []
+    out: list[tuple[int, tuple[int, ...], np.ndarray]] = []
+    held = 0
     for parent, tokens in header["blocks"]:
         count = len(tokens)
         size = layers * pair * heads * count * dim * dtype.itemsize
+        if count * token_bytes != size or not -1 <= int(parent) < len(out):
+            raise ValueError("KV of another shape, or blocks out of order")
+        if held + size > budget:
+            break
         data = fh.read(size)
-        if len(data) != size or count * cache.token_bytes != size:
-            raise ValueError("truncated, or KV of another shape")
-        above = placed[parent] if parent >= 0 else None
-        if parent >= 0 and above is None:
-            placed.append(None)  # its parent did not fit: neither does it
-            continue
+        if len(data) != size:
+            raise ValueError("truncated")
         kv = lazy_zeros((layers, pair, heads, count, dim), dtype)
         kv[...] = np.frombuffer(data, dtype).reshape(kv.shape)
-        placed.append(cache.attach(above, tuple(int(t) for t in tokens), kv))
-    return sum(block is not None for block in placed)
+        out.append((int(parent), tuple(int(t) for t in tokens), kv))
+        held += size
+    return out
