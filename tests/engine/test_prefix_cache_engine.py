@@ -180,3 +180,26 @@ def test_an_optimum_graph_runs_without_a_cache(
         assert engine.generate_ids(prompt, GREEDY).usage.cached_tokens == 0
     finally:
         engine.close()
+
+
+def test_a_sequence_finds_the_prompt_of_one_still_decoding(
+    kind_bundle: Callable[..., Path],
+) -> None:
+    """Two slots: the second sequence copies the first one's system prompt while it decodes."""
+    engine = load_engine(kind_bundle("llama", "gqa"), EngineOptions(
+        provider="cpu", threads=1, max_batch=2, prefix_cache_mb=4))
+    try:
+        started = threading.Event()
+        long_answer = Sampling(max_tokens=80, temperature=0.0)
+        first = threading.Thread(target=engine.generate_ids, daemon=True, kwargs={
+            "prompt_ids": [*SYSTEM, *ids_from(30, 10)], "sampling": long_answer,
+            "on_delta": lambda _text: started.set(), "ignore_eos": True})
+        first.start()
+        assert started.wait(30)
+        prompt = [*SYSTEM, *ids_from(31, 10)]
+        second = engine.generate_ids(prompt, GREEDY)
+        first.join(60)
+        assert engine.counters.peak_batch == 2, "the two decoded together"
+        assert second.usage.cached_tokens >= 2 * BLOCK_TOKENS
+    finally:
+        engine.close()
