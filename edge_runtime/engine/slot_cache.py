@@ -38,6 +38,10 @@ from edge_runtime.engine.types import FinishReason
 
 log = logging.getLogger(__name__)
 
+READ_AGAIN_CHUNK = 16
+"""An answer is read again in forwards of this many tokens, so that a request arriving
+meanwhile waits for one short forward at most (the values do not depend on the size)."""
+
 
 def exact_start(found: int, length: int, chunk: int) -> int:
     """How many of ``found`` cached tokens to use for a prompt of ``length`` tokens.
@@ -93,9 +97,12 @@ class SlotCache:
         if ended and sequence.length < len(sequence.prompt_ids):
             return  # cancelled while its prompt was read
         ids = [*sequence.prompt_ids, *sequence.decoding.tokens][: sequence.length]
-        try:
-            if ended:
+        if ended:
+            try:
                 self._read_again(sequence, slot, ids, idle)
+            except Exception:
+                log.exception("prefix cache: reading an answer again failed; keeping the rest")
+        try:
             self.cache.store(ids[: sequence.exact],
                              lambda start, stop: self.blocks.read(slot, start, stop),
                              partial=ended)
@@ -106,7 +113,7 @@ class SlotCache:
         self, sequence: Sequence, slot: int, ids: list[int], idle: Callable[[], bool]
     ) -> None:
         """Make the slot's tail exact by reading it as a prompt, a chunk at a time."""
-        start, end, chunk = sequence.exact, len(ids), self.slots.chunk
+        start, end, chunk = sequence.exact, len(ids), READ_AGAIN_CHUNK
         if end - start == 1:
             if start == 0:
                 return
