@@ -73,6 +73,8 @@ class BrokerConfig(_Strict):
     session_expiry_s: int = Field(default=86400, ge=0, le=4_294_967_295)
     reconnect_min_s: float = Field(default=1.0, gt=0, le=60)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    takeover_backoff_s: float = Field(default=30.0, ge=1, le=3600)
+    takeover_backoff_max_s: float = Field(default=900.0, ge=1, le=86400)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -130,6 +132,24 @@ class ServiceConfig(_Strict):
     stats_interval_s: float = Field(default=30.0, ge=0.5, le=86400)
     shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
     shared_group: str | None = Field(default=None, min_length=1, max_length=64)
+    reply_topic_pattern: str | None = Field(default=None, min_length=1, max_length=256)
+    max_state_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024, le=1 << 40)
+
+    @field_validator("reply_topic_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        levels = value.split("/")
+        if value.startswith("$") or "\0" in value or not value.isprintable():
+            raise ValueError("must be a printable topic pattern not starting with $")
+        if "#" in levels[:-1] or any("#" in lv and lv != "#" for lv in levels):
+            raise ValueError("# may only be the whole last level")
+        if any("+" in lv and lv != "+" for lv in levels):
+            raise ValueError("+ must be a whole level")
+        if value.replace("%u", "").replace("%c", "").count("%"):
+            raise ValueError("% may only start %u or %c")
+        return value
 
     @field_validator("device_id", "topic_prefix", "shared_group")
     @classmethod
@@ -190,6 +210,11 @@ class Config(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     device: DeviceConfig = Field(default_factory=DeviceConfig)
+
+    @property
+    def client_id(self) -> str:
+        """Return the MQTT client id: ``broker.client_id``, else ``edge-runtime-<device_id>``."""
+        return self.broker.client_id or f"edge-runtime-{self.service.device_id}"
 
     def summary(self) -> str:
         """Describe the config in one line."""

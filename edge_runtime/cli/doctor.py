@@ -13,6 +13,7 @@ from edge_runtime.cli.doctor_checks import (
     check_board,
     check_broker,
     check_bundle,
+    check_device_id,
     check_huge_pages,
     check_memory,
     check_profile,
@@ -77,7 +78,12 @@ def collect(args: argparse.Namespace) -> list[Finding]:
     findings.append(bundle_finding)
     if manifest is not None:
         findings.append(check_memory(manifest, profile, board))
-    findings.append(check_broker(config.broker, args.timeout))
+    broker = check_broker(config.broker, args.timeout)
+    findings.append(broker)
+    if broker.status == OK:
+        device = check_device_id(config, args.timeout)
+        if device is not None:
+            findings.append(device)
     return findings
 
 

@@ -70,3 +70,40 @@ def probe_broker(broker: BrokerConfig, password: str | None, timeout: float = 3.
         auth = any(word in text.lower() for word in ("authori", "password", "user name"))
         return ProbeResult(False, f"broker refused the connection: {text}", auth_refused=auth)
     return ProbeResult(True, "connected")
+
+
+def read_topic(
+    broker: BrokerConfig, password: str | None, topic: str, window: float = 2.0,
+    timeout: float = 3.0,
+) -> tuple[bool, list[bytes]]:
+    """Return (connected, the messages on ``topic`` within ``window`` s: retained first).
+
+    Uses the doctor's own client id, so the daemon's session is left alone.
+    """
+    got: dict[str, Any] = {}
+    payloads: list[bytes] = []
+
+    def on_connect(client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+        got["reason"] = reason
+        if not reason.is_failure:
+            client.subscribe(topic, qos=1)
+            got["since"] = time.monotonic()
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        payloads.append(bytes(msg.payload))
+
+    client = _client(broker, password)
+    client.on_connect, client.on_message = on_connect, on_message
+    client.connect_timeout = timeout
+    try:
+        client.connect(broker.host, broker.port, keepalive=max(5, int(timeout) * 2))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and time.monotonic() - got.get(
+                "since", time.monotonic()) < window:
+            client.loop(timeout=0.1)
+    except (OSError, ssl.SSLError):
+        return False, []
+    finally:
+        client.disconnect()
+    reason = got.get("reason")
+    return reason is not None and not reason.is_failure, payloads

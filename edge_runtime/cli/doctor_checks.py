@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import devices
 from devices import BoardInfo, Profile, ProfileError
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.bundle.verify import verify_bundle
-from edge_runtime.cli.doctor_broker import probe_broker
+from edge_runtime.cli.doctor_broker import probe_broker, read_topic
 from edge_runtime.cli.doctor_report import FAIL, OK, WARN, Finding
 from edge_runtime.config import BrokerConfig, Config, resolve_secret
 from edge_runtime.errors import BundleError
@@ -22,6 +24,7 @@ from edge_runtime.hugepages import (
     huge_page_size,
     thp_mode,
 )
+from edge_runtime.service.telemetry import boot_digest
 
 DEFAULT_BUNDLE_NAME = "qwen2.5-coder-0.5b-instruct-int4"
 # Python, onnxruntime's arenas, tokenizers and the daemon's buffers. Measured here: the
@@ -185,3 +188,61 @@ def check_broker(broker: BrokerConfig, timeout: float) -> Finding:
     if result.auth_refused:
         fix = "check [broker] username and password_file against the broker's password file"
     return Finding("broker", FAIL, f"{target}: {result.reason}", fix)
+
+
+def check_device_id(config: Config, timeout: float, boot: str | None = None) -> Finding | None:
+    """Watch the device's status topic briefly: is its id served from two places?
+
+    Each daemon's status names the boot it runs in (a digest of the kernel's boot id) and
+    its own instance, so an online status from another boot, or from two instances, is
+    another daemon with this device id, as a copied SD card gives. Return None when the
+    broker cannot be reached (the ``broker`` finding says why).
+    """
+    s = config.service
+    topic = f"{s.topic_prefix}/{s.device_id}/status"
+    try:
+        password = config.broker.password()
+    except OSError:
+        return None
+    connected, payloads = read_topic(config.broker, password, topic, min(timeout, 2.0),
+                                     timeout)
+    if not connected:
+        return None
+    statuses = []
+    for payload in payloads:
+        try:
+            status = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(status, dict):
+            statuses.append(status)
+    if not statuses:
+        return Finding("device id", OK, f"{s.device_id}: no daemon has announced it yet")
+    return judge_statuses(s.device_id, statuses, boot_digest() if boot is None else boot)
+
+
+def judge_statuses(device: str, statuses: list[dict[str, Any]], boot: str) -> Finding:
+    """Decide from the status messages of one device id (the latest last)."""
+    online = [st for st in statuses if st.get("state") == "online"]
+    foreign = [st for st in online if st.get("boot") and st.get("boot") != boot]
+    instances = {st.get("instance") for st in online if st.get("instance")}
+    fix = ("give each board its own [service] device_id (a copied SD card keeps the old one);"
+           " run doctor on the board itself")
+    if foreign:
+        other = foreign[-1]
+        return Finding("device id", FAIL, f"{device} is online from another machine (host "
+                       f"{other.get('host', '?')}, daemon {other.get('instance')}): two boards "
+                       "with one device id take each other's broker session", fix)
+    if len(instances) > 1:
+        return Finding("device id", FAIL, f"{device} is announced by {len(instances)} daemons "
+                       "at once: they take each other's broker session", fix)
+    latest = statuses[-1]
+    fights = sum(int(latest.get(name) or 0)
+                 for name in ("session_takeovers", "short_connections"))
+    if fights:
+        return Finding("device id", WARN, f"{device}: its daemon lost its broker session "
+                       f"{fights} time(s) soon after connecting: another client may use its "
+                       "client id", "look for a second device with this device_id or "
+                       "broker.client_id")
+    where = "this machine" if latest.get("boot") == boot else f"host {latest.get('host', '?')}"
+    return Finding("device id", OK, f"{device}: last status {latest.get('state')} from {where}")

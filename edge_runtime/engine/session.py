@@ -106,21 +106,34 @@ def create_session(
             log.warning("optimized graph cache %s unusable (%s); rebuilding", entry, exc)
             shutil.rmtree(entry, ignore_errors=True)
             so = _session_options(options)
-    return OpenSession(_build_cached(model_path, entry, so, plan), model_path, False)
+    return OpenSession(_build_cached(model_path, entry, options, plan), model_path, False)
+
+
+def _open_uncached(
+    model_path: Path, options: EngineOptions, plan: ProviderPlan
+) -> ort.InferenceSession:
+    so = _session_options(options)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return _open(model_path, so, plan)
 
 
 def _build_cached(
-    model_path: Path, entry: Path, so: ort.SessionOptions, plan: ProviderPlan
+    model_path: Path, entry: Path, options: EngineOptions, plan: ProviderPlan
 ) -> ort.InferenceSession:
-    """Open ``model_path`` fully optimized and save the optimized graph under ``entry``."""
+    """Open ``model_path`` fully optimized, saving the optimized graph under ``entry``.
+
+    The cache is optional: when it cannot be written (a full or read-only state folder)
+    the model is loaded without it, with a warning, and nothing is left behind.
+    """
+    clean_leftovers(entry.parent)
     staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
     except OSError as exc:
         log.warning("cannot write optimized graph cache %s (%s)", entry.parent, exc)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return _open(model_path, so, plan)
+        return _open_uncached(model_path, options, plan)
+    so = _session_options(options)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.optimized_model_filepath = str(staging / CACHED_MODEL)
     so.add_session_config_entry(
@@ -129,9 +142,45 @@ def _build_cached(
     so.add_session_config_entry(
         "session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES)
     )
-    session = _open(model_path, so, plan)
+    try:
+        session = _open(model_path, so, plan)
+    except ModelUnavailable as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        log.warning("cannot write optimized graph cache %s (%s); loading without it",
+                    entry.parent, " ".join(exc.message.split())[:300])
+        return _open_uncached(model_path, options, plan)
     try:
         staging.rename(entry)
     except OSError:  # another process finished first; keep theirs
         shutil.rmtree(staging, ignore_errors=True)
     return session
+
+
+def clean_leftovers(cache_dir: Path) -> int:
+    """Remove the staging folders (``<key>.tmp-<pid>``) of processes that are gone.
+
+    A process that died while writing the cache leaves its staging folder; return how many
+    were removed.
+    """
+    removed = 0
+    try:
+        entries = list(cache_dir.glob("*.tmp-*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        pid = entry.name.rsplit(".tmp-", 1)[1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += not entry.exists()
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -1,9 +1,10 @@
 """The daemon's main loop: one thread owns the store and reacts to events in order.
 
 Events come from the transport (connected, message, PUBACK), from the worker (finished
-jobs) and from signal handlers (stop). The loop also enforces generation deadlines,
-publishes stats, and feeds the systemd watchdog only while it is making progress and the
-worker is not stuck.
+jobs, resumed requests about to start) and from signal handlers (stop). The loop also
+enforces generation deadlines, retries what the state folder refused, publishes stats, and
+feeds the systemd watchdog only while it is making progress and the worker is not stuck.
+Nothing an event or a periodic task raises ends the loop.
 """
 
 from __future__ import annotations
@@ -12,24 +13,22 @@ import json
 import logging
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from edge_runtime.config import Config
 from edge_runtime.engine.types import Engine
 from edge_runtime.errors import Expired, ShuttingDown
-from edge_runtime.service.intake import Intake, describe
+from edge_runtime.service.intake import Intake, describe, printable
 from edge_runtime.service.notify import Notifier
-from edge_runtime.service.protocol import (
-    Inbound,
-    Limits,
-    ReplyPlace,
-    Request,
-    RequestParser,
-)
+from edge_runtime.service.protocol import Inbound, ReplyPlace, Request
+from edge_runtime.service.recovery import ResumedStart, ResumeGuard, Started, resume
 from edge_runtime.service.store import OutboxItem, Store, StoreError
 from edge_runtime.service.telemetry import (
     Counters,
+    Identity,
     info_payload,
     scheduler_stats,
     stats_payload,
@@ -46,14 +45,16 @@ from edge_runtime.service.transport import (
     Transport,
     Will,
 )
-from edge_runtime.service.worker import Finished, Job, JobQueue, Worker
+from edge_runtime.service.worker import Finished, JobQueue, Worker
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
+MIN_WAIT_S = 0.005
 FLUSH_TIMEOUT_S = 5.0
 STUCK_GRACE_S = 30.0
 PRUNE_EVERY_S = 3600.0
+STORE_RETRY_S = 1.0
 TRANSIENT_CODES = frozenset({"busy", "shutting_down", "internal"})
 
 
@@ -64,9 +65,35 @@ class StopRequested:
     signal: int = 0
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """A QoS 1 reply handed to the transport, until the broker answers it."""
+
+    key: str | None
+    """Its row in the store; None for a reply that is not recorded (a refusal)."""
+    request_id: str | None
+    topic: str
+
+
+@dataclass(frozen=True)
+class Held:
+    """A final the store could not record yet: it is published once the store takes it."""
+
+    key: str
+    payload: dict[str, Any]
+    reply: ReplyPlace
+    forget: bool
+
+
 def topics_for(config: Config) -> Topics:
     s = config.service
-    return Topics(s.topic_prefix, s.device_id, s.shared_group)
+    return Topics(s.topic_prefix, s.device_id, s.shared_group, s.reply_topic_pattern)
+
+
+def _transient(payload: dict[str, Any]) -> bool:
+    """Whether a final is not kept to answer repeats (see docs/protocol.md)."""
+    code = (payload.get("error") or {}).get("code")
+    return code in TRANSIENT_CODES or payload.get("finish_reason") == "cancelled"
 
 
 class Daemon:
@@ -90,12 +117,16 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.topics = topics_for(config)
         self.counters = Counters()
+        self.identity = Identity()
         self.jobs = JobQueue(s.queue_size)
-        self.worker = Worker(engine, self.jobs, events, self._publish_chunk)
-        parser = RequestParser(self.topics, Limits.from_config(s))
-        self.intake = Intake(parser, store, self.jobs, self.worker, self.counters,
-                             self._send_final, s.outbox_limit)
-        self._inflight: dict[int, int] = {}  # publish mid -> outbox seq
+        self.guard = ResumeGuard(engine, events)
+        self.worker = Worker(self.guard, self.jobs, events, self._publish_chunk)
+        self.intake = Intake(self.topics, s, store, self.jobs, self.worker, self.counters, self)
+        self._inflight: dict[int, Outgoing] = {}
+        self._held: list[Held] = []
+        self._acked: list[str] = []
+        self._refused: list[str] = []
+        self._store_fault: str | None = None
         self._subscribe_mid: int | None = None
         self.ready = False
         self._stop_at: float | None = None
@@ -103,8 +134,7 @@ class Daemon:
         self._flush_until: float | None = None
         self._finished = False
         self._started = time.monotonic()
-        self._next_stats = 0.0
-        self._next_prune = 0.0
+        self._next: dict[str, float] = {}
         self._stuck_logged = False
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -112,16 +142,19 @@ class Daemon:
         """Recover, connect, serve until a stop request is handled; return the exit code."""
         self._recover()
         self.worker.start()
-        will = Will(self.topics.status, status_payload("offline", self.topics.device, None, 0))
-        self.transport.connect(will)
+        self.transport.connect(Will(self.topics.status, self._status("offline")))
         while not self._finished:
             try:
-                event = self.events.get(timeout=TICK_S)
+                event = self.events.get(timeout=self._wait_s())
             except queue.Empty:
                 event = None
             if event is not None:
-                self._handle(event)
+                self._safely(f"handling {type(event).__name__}", partial(self._handle, event))
             self._tick()
+        self._safely("recording deliveries", self._flush_marks)
+        if self._held:
+            log.warning("%d answer(s) could not be recorded; their requests run again at the "
+                        "next start", len(self._held))
         self.jobs.close()
         self.store.close()
         return 0
@@ -145,11 +178,9 @@ class Daemon:
         if leftover:
             log.warning("publishing %d reply(ies) left in the outbox by the previous run",
                         len(leftover))
-        pending = self.store.pending()
-        for record in pending:
-            self.jobs.put(Job(Request.from_record(record)))
-        if pending:
-            log.warning("resuming %d accepted request(s) from before a restart", len(pending))
+        queued = resume(self.store, self.jobs, self.guard, self.final, self.counters)
+        if queued:
+            log.warning("resuming %d accepted request(s) from before a restart", queued)
 
     @property
     def model_name(self) -> str | None:
@@ -163,25 +194,26 @@ class Daemon:
         elif isinstance(event, Finished):
             self._on_finished(event)
         elif isinstance(event, Published):
-            self._on_published(event.mid)
+            self._on_published(event)
+        elif isinstance(event, ResumedStart):
+            self._on_resumed_start(event)
         elif isinstance(event, Connected):
             self._on_connected(event)
         elif isinstance(event, Subscribed):
             self._on_subscribed(event)
         elif isinstance(event, Disconnected):
-            log.warning("broker connection lost (%s); reconnecting", event.reason)
+            self._on_disconnected(event)
         elif isinstance(event, StopRequested):
             self._begin_stop()
+        elif isinstance(event, Started):
+            pass  # only wakes the loop, whose next wait then ends at the new deadline
 
     def _on_connected(self, event: Connected) -> None:
         if not event.ok:
             log.error("cannot connect to the broker: %s", event.reason)
             return
         log.info("connected to the broker (session present: %s)", event.session_present)
-        filters = [self.topics.request, self.topics.cancel]
-        if self.topics.pool_request:
-            filters.append(self.topics.pool_request)
-        self._subscribe_mid = self.transport.subscribe(filters)
+        self._subscribe_mid = self.transport.subscribe(self.topics.filters())
 
     def _on_subscribed(self, event: Subscribed) -> None:
         if event.mid != self._subscribe_mid:
@@ -198,6 +230,21 @@ class Daemon:
             self.ready = True
             self.notifier.ready(f"serving {self.model_name} on {self.topics.request}")
             log.info("ready: %s", self.config.summary())
+
+    def _on_disconnected(self, event: Disconnected) -> None:
+        self.counters.session_takeovers += event.takeover
+        self.counters.short_connections += event.short_lived > 0
+        client_id = self.config.client_id
+        wait = "" if event.retry_in_s is None else f"; reconnecting in {event.retry_in_s:.0f} s"
+        if event.takeover:
+            log.error("session taken over: another client connected with client id %s "
+                      "(two devices with one device id?)%s", client_id, wait)
+        elif event.retry_in_s is not None:
+            log.error("the broker closed %d connections in a row soon after accepting them: "
+                      "is another client using client id %s (a copied device id)?%s",
+                      event.short_lived, client_id, wait)
+        else:
+            log.warning("broker connection lost (%s); reconnecting", event.reason)
 
     def _on_message(self, msg: Inbound) -> None:
         try:
@@ -216,17 +263,33 @@ class Daemon:
         error = event.payload.get("error")
         if error:
             self.counters.errors[error["code"]] += 1
-        self._send_final(event.request.key, event.payload, event.request.reply)
+        req = event.request
+        self.final(req.key, event.payload, req.reply, _transient(event.payload))
 
-    def _on_published(self, mid: int) -> None:
-        if mid == self._stopped_mid:
+    def _on_resumed_start(self, event: ResumedStart) -> None:
+        try:
+            self.store.mark_attempt(event.key)
+        except StoreError as exc:
+            self.store_failed(exc)
+        finally:
+            event.marked.set()
+
+    def _on_published(self, event: Published) -> None:
+        if event.mid == self._stopped_mid:
             self._stopped_mid = None
-        seq = self._inflight.pop(mid, None)
-        if seq is not None:
-            try:
-                self.store.delivered(seq)
-            except StoreError as exc:
-                log.error("%s", exc.message)
+        sent = self._inflight.pop(event.mid, None)
+        if sent is None:
+            return
+        if event.ok:
+            if sent.key is not None:
+                self._acked.append(sent.key)
+            return
+        self.counters.refused_by_broker += 1
+        log.error("the broker refused the reply to %s on %s (%s): not delivered; check that "
+                  "the broker's ACL lets this device write there", printable(sent.request_id),
+                  printable(sent.topic), event.reason)
+        if sent.key is not None:
+            self._refused.append(sent.key)
 
     # ----- replies ---------------------------------------------------------------------
     def _publish_chunk(self, req: Request, payload: bytes) -> None:
@@ -241,54 +304,137 @@ class Daemon:
                 req.reply.topic, payload, qos=0, correlation_data=req.reply.correlation_data
             )
         except Exception:  # chunks are best effort
-            log.exception("chunk for %s not published", req.id)
+            log.exception("chunk for %s not published", printable(req.id))
 
-    def _send_final(self, key: str | None, payload: dict[str, Any], reply: ReplyPlace) -> None:
-        """Record the final reply in the outbox (and the request as done), then publish it."""
+    def final(self, key: str, payload: dict[str, Any], reply: ReplyPlace, forget: bool) -> None:
+        """Record the final of an accepted request, then publish it.
+
+        While the state folder cannot be written, finals wait here, in order, and go out
+        once they are recorded: one published but not recorded would be generated and sent
+        again after a restart.
+        """
         self.counters.answered += 1
-        code = (payload.get("error") or {}).get("code")
+        held = Held(key, payload, reply, forget)
+        if self._held or not self._record_and_publish(held):
+            self._held.append(held)
+
+    def direct(self, payload: dict[str, Any], reply: ReplyPlace) -> None:
+        """Publish a reply that is not recorded: a refusal, or a repeat's stored answer."""
+        self.counters.answered += 1
+        mid = self.transport.publish(reply.topic, _encode(payload),
+                                     correlation_data=reply.correlation_data)
+        self._inflight[mid] = Outgoing(None, payload.get("id"), reply.topic)
+
+    def _record_and_publish(self, held: Held) -> bool:
         try:
-            item = self.store.finish(
-                key, payload, reply.topic, reply.correlation_data, forget=code in TRANSIENT_CODES
-            )
+            item = self.store.finish(held.key, held.payload, held.reply.topic,
+                                     held.reply.correlation_data, forget=held.forget)
         except StoreError as exc:
-            self.counters.store_errors += 1
-            log.error("reply for %s sent without the durable outbox: %s",
-                      payload.get("id"), exc.message)
-            item = OutboxItem(-1, reply.topic, _encode(payload), reply.correlation_data)
+            self.store_failed(exc)
+            return False
+        self.store_works()
         self._publish_item(item)
+        return True
+
+    def store_failed(self, exc: StoreError) -> None:
+        """Count a refused write; log the first of a run of them, and show it in status."""
+        self.counters.store_errors += 1
+        if self._store_fault is None:
+            log.error("%s: answers wait in memory until it can be written; new requests are "
+                      "refused", exc.message)
+        self._store_fault = exc.message
+
+    def store_works(self) -> None:
+        """Note that the store took a write: the fault, if any, is over."""
+        if self._store_fault is not None:
+            log.warning("the state store can be written again")
+            self._store_fault = None
 
     def _publish_item(self, item: OutboxItem) -> None:
         mid = self.transport.publish(item.topic, item.payload, correlation_data=item.correlation)
-        if item.seq >= 0:
-            self._inflight[mid] = item.seq
+        self._inflight[mid] = Outgoing(item.key, item.key.split("\n", 1)[0], item.topic)
+
+    def _status(self, state: str) -> bytes:
+        return status_payload(state, self.topics.device, self.model_name, len(self.jobs),
+                              self.identity, self._store_state(), self.counters)
+
+    def _store_state(self) -> dict[str, Any]:
+        aside = self.store.moved_aside
+        return {"ok": self._store_fault is None, "fault": self._store_fault,
+                "moved_aside": aside.name if aside is not None else None}
 
     def _publish_status(self, state: str) -> int:
-        payload = status_payload(state, self.topics.device, self.model_name, len(self.jobs))
-        return self.transport.publish(self.topics.status, payload, retain=True)
+        return self.transport.publish(self.topics.status, self._status(state), retain=True)
 
     def _publish_info(self) -> None:
         s = self.config.service
         limits = {"queue_size": s.queue_size, "max_prompt_bytes": s.max_prompt_bytes,
                   "max_payload_bytes": s.max_payload_bytes, "max_max_tokens": s.max_max_tokens,
-                  "generation_deadline_s": s.generation_deadline_s}
+                  "generation_deadline_s": s.generation_deadline_s,
+                  "max_state_bytes": s.max_state_bytes}
         payload = info_payload(self.topics.device, dict(self.engine.info), limits)
         self.transport.publish(self.topics.info, payload, retain=True)
 
     # ----- periodic work ---------------------------------------------------------------
+    def _wait_s(self) -> float:
+        """Return how long to wait for an event: a tick, or less if a deadline falls sooner."""
+        limit = self.config.service.generation_deadline_s
+        now = time.monotonic()
+        wait = TICK_S
+        for job in self.worker.running:
+            if job.started_at is not None and not job.cancel.is_set():
+                wait = min(wait, job.started_at + limit - now)
+        return max(wait, MIN_WAIT_S)
+
+    def _due(self, name: str, now: float, every: float) -> bool:
+        if now < self._next.get(name, 0.0):
+            return False
+        self._next[name] = now + every
+        return True
+
+    def _safely(self, what: str, run: Callable[[], Any]) -> None:
+        try:
+            run()
+        except Exception:  # the loop must go on
+            log.exception("%s failed; going on", what)
+
     def _tick(self) -> None:
         now = time.monotonic()
         healthy = self._enforce_deadline(now)
         if healthy:
             self.notifier.progress()
-        if self.ready and now >= self._next_stats and self._stop_at is None:
-            self._next_stats = now + self.config.service.stats_interval_s
-            self._publish_stats()
-        if now >= self._next_prune:
-            self._next_prune = now + PRUNE_EVERY_S
-            self._prune()
+        # Acknowledgements that arrived together are recorded together; a lone one at once,
+        # so that a crash just after it does not bring its final out again.
+        if (self._acked or self._refused) and (self.events.empty()
+                                               or self._due("marks", now, TICK_S)):
+            self._safely("recording deliveries", self._flush_marks)
+        if self._held and self._due("retry", now, STORE_RETRY_S):
+            self._safely("recording held answers", self._retry_held)
+        s = self.config.service
+        if self.ready and self._stop_at is None and self._due("stats", now, s.stats_interval_s):
+            self._safely("publishing stats", self._publish_stats)
+        if self._due("prune", now, PRUNE_EVERY_S):
+            self._safely("pruning the state store", self._prune)
         if self._stop_at is not None:
             self._continue_stop(now)
+
+    def _flush_marks(self) -> None:
+        """Record the finals the broker acknowledged or refused since the last flush."""
+        for pending, record in ((self._acked, self.store.delivered),
+                                (self._refused, self.store.refused)):
+            if not pending:
+                continue
+            keys = list(pending)
+            try:
+                record(keys)
+            except StoreError as exc:
+                self.store_failed(exc)
+                continue
+            del pending[:len(keys)]
+
+    def _retry_held(self) -> None:
+        while self._held and self._record_and_publish(self._held[0]):
+            self._held.pop(0)
 
     def _enforce_deadline(self, now: float) -> bool:
         """Stop overlong generations; return False once a worker looks stuck."""
@@ -298,31 +444,37 @@ class Daemon:
             if job.started_at is None:
                 continue
             if now - job.started_at > limit and not job.cancel.is_set():
-                log.warning("generation %s ran past %.0f s; stopping it", job.request.id, limit)
+                log.warning("generation %s ran past %g s; stopping it",
+                            printable(job.request.id), limit)
                 self.worker.stop(job, Expired(f"generation ran past its {limit:g} s deadline"))
             if now - job.started_at > limit + STUCK_GRACE_S:
                 healthy = False
                 if not self._stuck_logged:
                     self._stuck_logged = True
                     log.error("worker stuck on %s; letting the watchdog restart us",
-                              job.request.id)
+                              printable(job.request.id))
         if healthy:
             self._stuck_logged = False
         return healthy
 
     def _publish_stats(self) -> None:
         s = self.config.service
+        try:
+            used: int | None = self.store.used_bytes()
+        except StoreError:
+            used = None
+        store = {**self._store_state(), "bytes": used, "limit": s.max_state_bytes,
+                 "held": len(self._held)}
         payload = stats_payload(self.topics.device, self.counters, len(self.jobs), s.queue_size,
                                 self.store.outbox_size(), self._started,
-                                scheduler_stats(self.engine.counters))
+                                scheduler_stats(self.engine.counters), store)
         self.transport.publish(self.topics.stats, payload, qos=0)
         self._publish_status("online")
 
     def _prune(self) -> None:
-        try:
-            self.store.prune(self.config.service.record_ttl_s)
-        except Exception:  # pruning is housekeeping
-            log.exception("pruning the state store failed")
+        s = self.config.service
+        self.store.prune(s.record_ttl_s)
+        self.store.shrink(s.max_state_bytes)
 
     # ----- shutdown --------------------------------------------------------------------
     def _begin_stop(self) -> None:

@@ -5,12 +5,20 @@ and never do work. Inbound QoS 1 messages are acknowledged manually (``ack``) on
 daemon has recorded them. The session is persistent (clean start off, session expiry set),
 so messages that arrive while the daemon is down, or were delivered but not yet
 acknowledged, are delivered again when it comes back.
+
+Two clients with one client id (a cloned SD card) take the session from each other: the
+broker closes the older connection, with reason 0x8E when it says why (MQTT v5; Mosquitto
+from 2.0.15) and without a word otherwise. Reconnecting at once would make them fight, so
+after a takeover, or after a second connection in a row that the broker closed soon after
+accepting it, the transport waits ``broker.takeover_backoff_s``, doubling each time up to
+``broker.takeover_backoff_max_s``, and says so in its ``Disconnected`` event.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import time
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -34,6 +42,42 @@ from edge_runtime.service.transport import (
 
 log = logging.getLogger(__name__)
 
+SESSION_TAKEN_OVER = 0x8E
+SHORT_LIVED_S = 10.0
+"""A connection the broker closes sooner than this after accepting it counts as short-lived."""
+
+
+class SessionGuard:
+    """Decide how long to wait before reconnecting after the broker closed the connection.
+
+    Every back-off doubles the last one; a connection that lasts ``backoff_max_s`` resets.
+    """
+
+    def __init__(self, backoff_s: float, backoff_max_s: float) -> None:
+        self.backoff_s = backoff_s
+        self.backoff_max_s = max(backoff_max_s, backoff_s)
+        self.strikes = 0
+        self._backoffs = 0
+        self._connected_at: float | None = None
+
+    def connected(self, now: float) -> None:
+        self._connected_at = now
+
+    def lost(self, now: float, takeover: bool) -> tuple[bool, float | None]:
+        """Account a lost connection; return (short-lived, delay before reconnecting or None)."""
+        lasted = None if self._connected_at is None else now - self._connected_at
+        self._connected_at = None
+        if lasted is not None and lasted >= self.backoff_max_s:
+            self.strikes = self._backoffs = 0
+        short = lasted is not None and lasted < SHORT_LIVED_S
+        if takeover or short:
+            self.strikes += 1
+        if not takeover and self.strikes < 2:
+            return short, None
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(self._backoffs, 30))
+        self._backoffs += 1
+        return short, delay
+
 
 class PahoTransport:
     """A :class:`~edge_runtime.service.transport.Transport` over paho-mqtt."""
@@ -50,9 +94,10 @@ class PahoTransport:
             manual_ack=True,
         )
         self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(
-            max(1, int(config.reconnect_min_s)), max(1, int(config.reconnect_max_s))
-        )
+        self._normal_delays = (max(1, int(config.reconnect_min_s)),
+                               max(1, int(config.reconnect_max_s)))
+        self._client.reconnect_delay_set(*self._normal_delays)
+        self._guard = SessionGuard(config.takeover_backoff_s, config.takeover_backoff_max_s)
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
@@ -83,6 +128,8 @@ class PahoTransport:
     def _on_connect(self, _c: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         try:
             ok = not reason.is_failure
+            if ok:
+                self._guard.connected(time.monotonic())
             self._put(Connected(ok, str(reason), bool(getattr(flags, "session_present", False))))
         except Exception:  # a callback must never raise
             log.exception("connect callback")
@@ -96,7 +143,14 @@ class PahoTransport:
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         try:
-            self._put(Disconnected(str(reason)))
+            takeover = getattr(reason, "value", None) == SESSION_TAKEN_OVER
+            short, delay = self._guard.lost(time.monotonic(), takeover)
+            if delay is None:
+                self._client.reconnect_delay_set(*self._normal_delays)
+            else:
+                self._client.reconnect_delay_set(max(1, int(delay)), max(1, int(delay)))
+            strikes = self._guard.strikes if short or takeover else 0
+            self._put(Disconnected(str(reason), takeover, strikes, delay))
         except Exception:
             log.exception("disconnect callback")
 
@@ -106,9 +160,10 @@ class PahoTransport:
         except Exception:
             log.exception("subscribe callback")
 
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
         try:
-            self._put(Published(mid))
+            refused = bool(getattr(reason, "is_failure", False))
+            self._put(Published(mid, not refused, str(reason) if refused else ""))
         except Exception:
             log.exception("publish callback")
 

@@ -137,7 +137,7 @@ class RequestRejected(Exception):
 
 
 def _valid_id(value: Any) -> str | None:
-    return value if isinstance(value, str) and _ID.match(value) else None
+    return value if isinstance(value, str) and _ID.fullmatch(value) else None
 
 
 def _reject_constant(name: str) -> float:

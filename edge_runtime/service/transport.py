@@ -22,7 +22,15 @@ class Connected:
 
 @dataclass(frozen=True)
 class Disconnected:
+    """The connection is gone; the transport reconnects by itself after ``retry_in_s``."""
+
     reason: str = ""
+    takeover: bool = False
+    """The broker said another client took this client id's session (v5 reason 0x8E)."""
+    short_lived: int = 0
+    """Connections in a row the broker closed soon after accepting them (0: not this one)."""
+    retry_in_s: float | None = None
+    """Set when the transport backs off (a takeover, or a run of short-lived connections)."""
 
 
 @dataclass(frozen=True)
@@ -33,9 +41,15 @@ class Subscribed:
 
 @dataclass(frozen=True)
 class Published:
-    """The broker acknowledged the QoS 1 message ``mid`` (PUBACK)."""
+    """The broker answered the QoS 1 message ``mid`` (PUBACK).
+
+    ``ok`` is False when an MQTT v5 broker refused it (reason code 0x80 or above, such as
+    0x87 not authorized): it was not delivered and ``reason`` says why.
+    """
 
     mid: int
+    ok: bool = True
+    reason: str = ""
 
 
 @dataclass(frozen=True)

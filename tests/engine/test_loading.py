@@ -71,3 +71,13 @@ def test_max_batch_is_decided_once_at_load(
     assert ("runs 1 sequence(s) at a time" in caplog.text) == (capacity == 1)
     assert engine.generate(greedy("Hello")).usage.completion_tokens > 0
     engine.close()
+
+
+def test_an_onnxruntime_that_crashes_on_the_optimum_graph_is_refused_clearly(
+    kind_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "1.29.0")
+    with pytest.raises(BundleError, match=r"onnxruntime>=1\.30"):
+        load_engine(kind_bundle("llama", "optimum"), EngineOptions(provider="cpu"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures.broker import BrokerAuth, MosquittoBroker, Pki
+from tests.fixtures.disk import SmallDisk, can_mount
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
 
@@ -23,7 +24,9 @@ def _keep_log(request: pytest.FixtureRequest, label: str, path: Path) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach the daemon and broker logs of a failed test to its report."""
     report = yield
     if report.when == "call" and report.failed:
@@ -46,8 +49,10 @@ def broker_factory(
 ) -> Iterator[Callable[..., MosquittoBroker]]:
     started: list[MosquittoBroker] = []
 
-    def make(auth: BrokerAuth | None = None, pki: Pki | None = None) -> MosquittoBroker:
-        broker = MosquittoBroker(tmp_path / f"broker{len(started)}", auth, pki)
+    def make(
+        auth: BrokerAuth | None = None, pki: Pki | None = None, **options: Any
+    ) -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path / f"broker{len(started)}", auth, pki, **options)
         _keep_log(request, f"broker{len(started)} log", broker.log_path)
         broker.start()
         started.append(broker)
@@ -82,7 +87,9 @@ def daemon_factory(
     """Return ``make(broker, **sections)`` -> a started daemon; all are killed at the end."""
     made: list[DaemonProcess] = []
 
-    def make(target: MosquittoBroker, start: bool = True, **sections: dict[str, Any]):
+    def make(
+        target: MosquittoBroker, start: bool = True, **sections: dict[str, Any]
+    ) -> DaemonProcess:
         folder = tmp_path / f"daemon{len(made)}"
         config = base_config(target, service_bundle, tmp_path / "state")
         for section, values in sections.items():
@@ -109,3 +116,23 @@ def client_factory() -> Iterator[Callable[..., Probe]]:
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[..., SmallDisk]]:
+    """Return ``make(size_mb=16, kind="ext4")`` -> a mounted small file system (root only).
+
+    Ask for it before ``daemon_factory`` so that the daemons are gone before it unmounts.
+    """
+    if not can_mount():
+        pytest.skip("needs root (mount, mkfs.ext4, chattr) to make real disk faults")
+    made: list[SmallDisk] = []
+
+    def make(size_mb: float = 16, kind: str = "ext4") -> SmallDisk:
+        disk = SmallDisk(tmp_path / f"disk{len(made)}", size_mb, kind).mount()
+        made.append(disk)
+        return disk
+
+    yield make
+    for disk in made:
+        disk.unmount()

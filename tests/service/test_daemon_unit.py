@@ -166,7 +166,7 @@ def test_generation_past_its_deadline_is_stopped_with_expired(state: Path) -> No
 
 def test_store_failure_is_an_internal_error_reply_not_silence(state: Path) -> None:
     class FullStore(Store):
-        def accept(self, key: str, record: str) -> None:
+        def accept(self, *args: Any) -> None:
             raise StoreError("database or disk is full")
 
     with Harness(state, store=FullStore(state)) as h:
@@ -262,3 +262,21 @@ def test_worker_threads_follow_the_engines_capacity(state: Path, capacity: int) 
         workers = [t for t in threading.enumerate() if t.name.startswith("edge-worker-")]
         assert len(workers) == capacity
         assert len(h.daemon.worker.running) == 0
+
+
+def test_a_cancelled_id_sent_again_runs_again(state: Path) -> None:
+    """A cancel is not kept in the record: reusing the id is a new request, not a replay."""
+    engine = FakeEngine(token_s=0.05)
+    with Harness(state, engine=engine) as h:
+        h.transport.deliver(REQ, {"id": "busy", "prompt": "hi", "max_tokens": 20},
+                            response_topic="r/busy")
+        h.transport.deliver(REQ, {"id": "k", "prompt": "hi", "max_tokens": 3},
+                            response_topic="r/k")
+        h.transport.deliver("edge/unit/cancel", {"id": "k"})
+        assert wait_until(lambda: bool(h.transport.finals("r/k")))
+        assert h.transport.finals("r/k")[0]["finish_reason"] == "cancelled"
+        h.transport.deliver(REQ, {"id": "k", "prompt": "hi", "max_tokens": 3},
+                            response_topic="r/k")
+        assert wait_until(lambda: len(h.transport.finals("r/k")) == 2, 10)
+        assert h.transport.finals("r/k")[1]["finish_reason"] == "length"
+        assert engine.calls == 2

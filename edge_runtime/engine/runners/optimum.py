@@ -17,6 +17,8 @@ from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.errors import BundleError, ContextLengthExceeded
 
 _KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+MIN_ONNXRUNTIME = (1, 30)
+"""Older onnxruntime crashes the process on this graph's first forward (docs/aarch64.md)."""
 PREFILL_CHUNK = 128
 """A prompt is fed in forwards of at most this many tokens.
 
@@ -25,6 +27,14 @@ bounded by the chunk. Twice the gqa runner's chunk: here each forward copies the
 into its ``present`` outputs, so every chunk costs a copy of the cache so far (the measured
 trade-off is in docs/benchmarks.md).
 """
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def _layer_names(template: str, layers: int) -> list[str]:
@@ -53,6 +63,12 @@ class OptimumSlots:
     ) -> None:
         if slots != 1:
             raise ValueError("the optimum graph runs one sequence at a time")
+        if _version(ort.__version__) < MIN_ONNXRUNTIME:
+            raise BundleError(
+                f"onnxruntime {ort.__version__} crashes on bundles with the optimum graph; "
+                f"install onnxruntime>={'.'.join(map(str, MIN_ONNXRUNTIME))} or convert the "
+                "model with the default (gqa) graph"
+            )
         spec, arch = manifest.graph, manifest.architecture
         if spec.kv_dtype not in _KV_DTYPES:
             raise BundleError(f"graph kv_dtype {spec.kv_dtype!r} is not supported")
