@@ -261,6 +261,7 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]],
             if LLAMA in stacks:
                 llama = stacks[LLAMA][i]
                 row.update(llama_ttft_s=llama["ttft_s"], llama_prompt_tokens=llama["prompt_tokens"],
+                           llama_cached_tokens=llama["cached_tokens"],
                            vs_llama=ratio(on["ttft_s"], llama["ttft_s"]))
             rows.append(row)
     daemon = daemon or []
@@ -303,16 +304,19 @@ def decode_check(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| scenario | # | prompt | cached | cold TTFT s | TTFT s | / cold | llama.cpp TTFT s "
-            "| / llama.cpp |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| scenario | # | prompt | cached | cold TTFT s | TTFT s | / cold "
+            "| llama.cpp prompt / reused | llama.cpp TTFT s | / llama.cpp |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         def f(key: str, digits: int = 3, r: dict[str, Any] = r) -> str:
             value = r.get(key)
             return "" if value is None else f"{value:.{digits}f}"
+        llama = (f"{r['llama_prompt_tokens']} / {r['llama_cached_tokens']}"
+                 if "llama_prompt_tokens" in r else "")
         lines.append(f"| {r['scenario']} | {r['request']} | {r['prompt_tokens']} | "
                      f"{r.get('cached_tokens', '')} | {f('cold_ttft_s')} | {f('ttft_s')} | "
-                     f"{f('vs_cold', 2) or f('vs_first', 2)} | {f('llama_ttft_s')} | "
+                     f"{f('vs_cold', 2) or f('vs_first', 2)} | {llama} | {f('llama_ttft_s')} | "
                      f"{f('vs_llama', 2)} |")
     return "\n".join(lines)
 

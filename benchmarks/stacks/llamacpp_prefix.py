@@ -36,7 +36,17 @@ def main() -> int:
         if args.cache_mb > 0:
             llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=args.cache_mb * 2**20))
 
+    def reusable(ids: list[int]) -> int:
+        """The prompt tokens llama-cpp-python will not read again (context or state cache)."""
+        held = llama_cpp.Llama.longest_token_prefix(llm._input_ids.tolist(), ids)
+        cache = llm.cache
+        if isinstance(cache, llama_cpp.LlamaRAMCache) and ids in cache:
+            state = cache[ids]  # the same lookup create_completion makes
+            held = max(held, llama_cpp.Llama.longest_token_prefix(state.input_ids.tolist(), ids))
+        return min(held, len(ids) - 1)
+
     def generate(ids: list[int], max_new: int) -> Answer:
+        reused = reusable(ids)
         start = time.perf_counter()
         first, pieces, count = 0.0, [], 0
         for chunk in llm.create_completion(ids, max_tokens=max_new, temperature=0.0, top_k=1,
@@ -46,7 +56,7 @@ def main() -> int:
                 first = time.perf_counter() - start
             pieces.append(chunk["choices"][0]["text"])
             count += 1
-        return Answer(first, time.perf_counter() - start, "".join(pieces), count)
+        return Answer(first, time.perf_counter() - start, "".join(pieces), count, reused)
 
     fresh_cache()
     return serve(generate, fresh_cache)
