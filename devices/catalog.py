@@ -68,6 +68,7 @@ def fit_to_memory(profile: Profile, mem_total_mb: int | None) -> Profile:
         memory_budget_mb=max(1, int(mem_total_mb * _BUDGET_SHARE)),
         memory_high_mb=max(1, int(mem_total_mb * _HIGH_SHARE)),
         memory_max_mb=max(1, int(mem_total_mb * _MAX_SHARE)),
+        prefix_cache_mb=min(profile.prefix_cache_mb, int(mem_total_mb * _BUDGET_SHARE) // 16),
     )
 
 

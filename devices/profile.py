@@ -58,6 +58,7 @@ class Profile:
     device_allow: tuple[str, ...] = ()
     supplementary_groups: tuple[str, ...] = ()
     memory: tuple[str, ...] = ()  # memory levers (MEMORY_LEVERS); empty: none
+    prefix_cache_mb: int = 64  # bound of the engine's prefix cache; 0 turns it off
     notes: str = ""
     match: Match = field(default_factory=Match)
 
@@ -119,7 +120,8 @@ class Profile:
         return data
 
 
-_INT_FIELDS = ("threads", "context_cap", "memory_budget_mb", "memory_high_mb", "memory_max_mb")
+_INT_FIELDS = ("threads", "context_cap", "memory_budget_mb", "memory_high_mb", "memory_max_mb",
+               "prefix_cache_mb")
 _TUPLE_FIELDS = ("providers", "device_allow", "supplementary_groups", "memory")
 
 

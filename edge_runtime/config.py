@@ -169,12 +169,34 @@ class ModelConfig(_Strict):
     bundle: FilePath | None = None
 
 
+class WarmPrompt(_Strict):
+    """A system prompt read into the prefix cache at start: inline, or from a file."""
+
+    system: str | None = Field(default=None, min_length=1, max_length=1_000_000)
+    file: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> WarmPrompt:
+        if (self.system is None) == (self.file is None):
+            raise ValueError("give either system or file")
+        return self
+
+    def text(self) -> str:
+        """The system prompt (read from its file, UTF-8, when it has one)."""
+        if self.file is not None:
+            return self.file.read_text(encoding="utf-8")
+        return self.system or ""
+
+
 class EngineConfig(_Strict):
     provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     require: bool = False
     threads: int = Field(default=0, ge=0, le=256)
     spin: bool = True
     max_batch: int = Field(default=1, ge=1, le=64)
+    prefix_cache_mb: int | None = Field(default=None, ge=0, le=1_048_576)
+    warm_prompts: list[WarmPrompt] = Field(default_factory=list, max_length=64)
+    save_prefix_cache: bool = False
 
 
 class DeviceConfig(_Strict):
@@ -243,6 +265,9 @@ def _check_files(config: Config) -> list[str]:
             problems.append(f"{key}: no such file: {path}")
     if broker.password_file is not None and not broker.username:
         problems.append("broker.password_file: set broker.username as well")
+    for i, warm in enumerate(config.engine.warm_prompts):
+        if warm.file is not None and not warm.file.is_file():
+            problems.append(f"engine.warm_prompts.{i}.file: no such file: {warm.file}")
     if config.model.bundle is None:
         problems.append("model.bundle: no model bundle given (config or --model)")
     elif not (config.model.bundle / "manifest.json").is_file():

@@ -153,8 +153,10 @@ def check_memory(manifest: Manifest, profile: Profile | None, board: BoardInfo) 
     cap = profile.context_cap if profile else manifest.architecture.context_length
     context = min(manifest.architecture.context_length, cap)
     weights, kv = estimate_memory_mb(manifest, context)
-    need = weights + kv + RUNTIME_OVERHEAD_MB
-    summary = f"~{need} MB needed ({weights} weights + {kv} KV at {context} tokens + runtime)"
+    prefix = profile.prefix_cache_mb if profile else 0
+    need = weights + kv + prefix + RUNTIME_OVERHEAD_MB
+    summary = (f"~{need} MB needed ({weights} weights + {kv} KV at {context} tokens + "
+               f"{prefix} prefix cache + runtime)")
     if board.mem_total_mb and need > board.mem_total_mb:
         return Finding("memory", FAIL, f"{summary} > {board.mem_total_mb} MB on the board",
                        "use a smaller or int4 model, or lower context_cap in [device] overrides")

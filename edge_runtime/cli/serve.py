@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def serve(config: Config) -> int:
     """Load the model, then serve until SIGTERM/SIGINT."""
     from edge_runtime.service.daemon import Daemon, StopRequested
-    from edge_runtime.service.model import load_model
+    from edge_runtime.service.model import load_model, save_prefix_cache
     from edge_runtime.service.mqtt import PahoTransport
     from edge_runtime.service.notify import Notifier
     from edge_runtime.service.store import Store
@@ -91,5 +91,7 @@ def serve(config: Config) -> int:
     transport = PahoTransport(config.broker, client_id, events)
     daemon = Daemon(config, engine, transport, events, store, notifier)
     code = daemon.run()
+    engine.close()
+    save_prefix_cache(engine, config)
     log.info("stopped")
     return code

@@ -17,12 +17,14 @@ from edge_runtime.engine.chat_template import ChatTemplate
 from edge_runtime.engine.constraints import ConstraintFactory, parse_tool_calls, request_spec
 from edge_runtime.engine.decoding import Decoding, Shape
 from edge_runtime.engine.defaults import GenerationDefaults, resolve
+from edge_runtime.engine.prefix_cache import PrefixCache
 from edge_runtime.engine.prompt import EncodedPrompt, encode_request
 from edge_runtime.engine.request import GenerationRequest, Sampling, StrictModel
 from edge_runtime.engine.runners import KvSlots
 from edge_runtime.engine.runners.single import SingleSequence
 from edge_runtime.engine.scheduler import Scheduler, SchedulerCounters
 from edge_runtime.engine.sequence import Clock, Sequence, now, pieces, relay
+from edge_runtime.engine.slot_cache import slot_cache
 from edge_runtime.engine.tokenizer import Tokenizer
 from edge_runtime.engine.types import DeltaCallback, GenerationResult
 from edge_runtime.errors import ContextLengthExceeded
@@ -51,6 +53,7 @@ class OnnxEngine:
         template: ChatTemplate | None,
         defaults: GenerationDefaults,
         report: LoadReport,
+        prefix_cache_mb: float = 0,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
@@ -62,7 +65,9 @@ class OnnxEngine:
         """Build ``n`` more KV slots on the same session (their own caches)."""
         self.chat_format = ChatFormat.detect(template, tokenizer)
         self._constraints: ConstraintFactory | None = None
-        self.scheduler = Scheduler(new_slots(capacity))
+        slots = new_slots(capacity)
+        cache = slot_cache(slots, prefix_cache_mb, manifest.graph.kind)
+        self.scheduler = Scheduler(slots, cache=cache)
 
     @property
     def capacity(self) -> int:
@@ -71,6 +76,12 @@ class OnnxEngine:
     @property
     def counters(self) -> SchedulerCounters:
         return self.scheduler.counters
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The prefix cache, or None when it is off or the graph cannot have one."""
+        cache = self.scheduler.cache
+        return cache.cache if cache is not None else None
 
     @property
     def context_length(self) -> int:
@@ -91,6 +102,8 @@ class OnnxEngine:
             "providers": list(self.report.providers),
             "threads": self.report.threads,
             "max_batch": self.capacity,
+            "prefix_cache_mb": round(self.prefix_cache.budget / 2**20, 2)
+            if self.prefix_cache else 0,
             "load_s": round(self.report.load_s, 3),
             "runtime_version": __version__,
         }

@@ -108,5 +108,6 @@ def load_engine(
     )
     log.info("loaded %s on %s in %.2fs", manifest.name, active[0], report.load_s)
     return OnnxEngine(
-        root, manifest, new_slots, capacity, tokenizer, template, defaults, report
+        root, manifest, new_slots, capacity, tokenizer, template, defaults, report,
+        prefix_cache_mb=options.prefix_cache_mb,
     )

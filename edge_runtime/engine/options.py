@@ -23,6 +23,8 @@ class EngineOptions:
     ``spin`` lets ONNX Runtime's worker threads busy-wait briefly between kernels (ONNX
     Runtime's own default). On cores the engine has to itself it decodes faster; on cores
     shared with other busy work it can cost most of the speed, so turn it off there.
+    ``prefix_cache_mb`` bounds the prefix cache (docs/engine.md, "Prefix cache"); 0, the
+    default here, turns it off (the service takes its device profile's size).
     """
 
     provider: str = "auto"
@@ -37,6 +39,7 @@ class EngineOptions:
     spin: bool = True
     max_batch: int = 1
     default_max_tokens: int | None = None
+    prefix_cache_mb: float = 0
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES:
@@ -47,5 +50,7 @@ class EngineOptions:
             raise ConfigError(f"threads must be at least 1, not {self.threads}")
         if self.max_batch < 1:
             raise ConfigError(f"max_batch must be at least 1, not {self.max_batch}")
+        if not 0 <= self.prefix_cache_mb <= 1 << 20:
+            raise ConfigError(f"prefix_cache_mb must be 0 to {1 << 20}, not {self.prefix_cache_mb}")
         if self.trt_workspace_mb < 1:
             raise ConfigError("trt_workspace_mb must be positive")

@@ -16,6 +16,10 @@ Faults stay with their sequence: a sequence whose prompt cannot be read, whose s
 fails, or whose row of a batched forward fails (each row is retried alone when the batched
 forward fails) ends with :class:`~edge_runtime.engine.sequence.Failed`; the others go on.
 Cancellation is checked between prompt chunks and after every token.
+
+With a prefix cache (:mod:`edge_runtime.engine.slot_cache`), a sequence starts from the
+cached KV of its prompt's longest known start and reads only the rest; what its slot holds
+is kept when its prompt is read and when it ends.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.engine.channels import Piece
+from edge_runtime.engine.prefix_cache import CacheStats
 from edge_runtime.engine.runners import KvSlots
 from edge_runtime.engine.sequence import Sequence, now
+from edge_runtime.engine.slot_cache import SlotCache
 from edge_runtime.engine.types import FinishReason
 from edge_runtime.errors import EdgeRuntimeError, ShuttingDown, as_error
 
@@ -52,6 +58,7 @@ class SchedulerCounters:
     decode_s: float = 0.0  # in decode forwards only: prompts and idle time excluded
     peak_batch: int = 0  # the most sequences decoded in one forward
     failed: int = 0  # sequences ended by a fault of their own
+    prefix_cache: CacheStats | None = None  # the prefix cache's, when there is one
 
     @property
     def decode_tok_s(self) -> float:
@@ -62,9 +69,12 @@ class SchedulerCounters:
 class Scheduler:
     """Drive the sequences submitted to it over ``slots``, in a thread of its own."""
 
-    def __init__(self, slots: KvSlots, *, start: bool = True) -> None:
+    def __init__(
+        self, slots: KvSlots, *, start: bool = True, cache: SlotCache | None = None
+    ) -> None:
         self.slots = slots
-        self.counters = SchedulerCounters()
+        self.cache = cache
+        self.counters = SchedulerCounters(prefix_cache=cache.cache.stats if cache else None)
         self._incoming: queue.Queue[Sequence | None] = queue.Queue()
         self._active: list[Sequence] = []
         self._filling: Sequence | None = None  # a prompt being read, in slot len(active)
@@ -146,6 +156,8 @@ class Scheduler:
         except Exception as exc:
             self._fault(sequence, as_error(exc, "cannot make room for the sequence"))
             return False
+        if self.cache is not None:
+            self.cache.start(sequence, len(self._active))
         return True
 
     def _fill(self, sequence: Sequence) -> None:
@@ -161,12 +173,14 @@ class Scheduler:
         try:
             logits = self.slots.run(
                 len(self._active), ids, np.array([start], dtype=np.int64),
-                settle=last and len(sequence.prompt_ids) > SETTLE_AFTER,
+                settle=last and len(sequence.prompt_ids) - sequence.cached > SETTLE_AFTER,
             )
         except Exception as exc:
             self._filling = None
             self._fault(sequence, as_error(exc, "model run failed while reading the prompt"))
             return
+        if count > 1 and sequence.exact == start:
+            sequence.exact = start + count
         sequence.length += count
         self.counters.prefill_s += now() - began
         if not last:
@@ -175,7 +189,10 @@ class Scheduler:
         sequence.clock.prefilled = now()
         self.counters.prefills += 1
         if not self._advance(sequence, logits[0]):
+            self._keep(sequence, len(self._active), ended=False)
             self._active.append(sequence)
+        else:
+            self._keep(sequence, len(self._active), ended=True)
 
     def _decode_step(self) -> None:
         active = self._active
@@ -252,12 +269,22 @@ class Scheduler:
         """
         for sequence in ended:
             slot = self._active.index(sequence)
+            self._keep(sequence, slot, ended=True)
             last = self._active.pop()
             if last is not sequence:
                 self.slots.move(len(self._active), slot, last.length)
                 self._active[slot] = last
             if self._filling is not None:
                 self.slots.move(len(self._active) + 1, len(self._active), self._filling.length)
+
+    def _keep(self, sequence: Sequence, slot: int, *, ended: bool) -> None:
+        if self.cache is not None:
+            self.cache.keep(sequence, slot, ended=ended, idle=self._idle)
+
+    def _idle(self) -> bool:
+        """Whether nothing but ended sequences holds or waits for a slot."""
+        return (self._filling is None and self._incoming.empty()
+                and all(s.ended for s in self._active))
 
     def _fail_all(self, error: EdgeRuntimeError) -> None:
         for sequence in [*self._active, *([self._filling] if self._filling else [])]:

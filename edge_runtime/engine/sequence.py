@@ -78,6 +78,10 @@ class Sequence:
     abandoned: threading.Event = field(default_factory=threading.Event)
     length: int = 0
     """Tokens in the sequence's KV slot."""
+    cached: int = 0
+    """Prompt tokens whose KV came from the prefix cache."""
+    exact: int = 0
+    """Leading tokens of the slot whose KV is what reading them as a prompt computes."""
     next_token: int = 0
     """The token to feed at the next decode step."""
     ended: bool = False
@@ -120,7 +124,7 @@ class Sequence:
         return GenerationResult(
             text=text,
             finish_reason=finish,
-            usage=Usage(len(self.prompt_ids), d.completion_tokens),
+            usage=Usage(len(self.prompt_ids), d.completion_tokens, self.cached),
             timings=self.clock.timings(),
             token_ids=tuple(d.tokens),
             reasoning=d.reasoning,

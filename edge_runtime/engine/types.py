@@ -25,6 +25,8 @@ class FinishReason(str, Enum):
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    """Prompt tokens whose KV came from the prefix cache instead of a forward."""
 
     @property
     def total_tokens(self) -> int:

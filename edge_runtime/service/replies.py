@@ -30,10 +30,15 @@ class ErrorInfo(StrictModel):
     message: str
 
 
+class PromptTokensDetails(StrictModel):
+    cached_tokens: int = Field(ge=0, description="Prompt tokens read from the prefix cache.")
+
+
 class UsageInfo(StrictModel):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class TimingsInfo(StrictModel):
@@ -112,9 +117,11 @@ def _timings(result: GenerationResult) -> TimingsInfo:
     )
 
 
-def _usage(prompt: int = 0, completion: int = 0) -> UsageInfo:
+def _usage(prompt: int = 0, completion: int = 0, cached: int | None = None) -> UsageInfo:
+    details = {} if cached is None else {
+        "prompt_tokens_details": PromptTokensDetails(cached_tokens=cached)}
     return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
-                     total_tokens=prompt + completion)
+                     total_tokens=prompt + completion, **details)
 
 
 def final_payload(request_id: str, result: GenerationResult) -> dict[str, Any]:
@@ -127,7 +134,8 @@ def final_payload(request_id: str, result: GenerationResult) -> dict[str, Any]:
         extra["tool_calls"] = [ToolCall.model_validate(c) for c in result.tool_calls]
     final = Final(
         id=request_id, done=True, text=result.text, finish_reason=result.finish_reason.value,
-        usage=_usage(u.prompt_tokens, u.completion_tokens), timings=_timings(result), **extra,
+        usage=_usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+        timings=_timings(result), **extra,
     )
     return final.model_dump(mode="json", exclude_unset=True)
 

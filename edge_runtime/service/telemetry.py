@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from edge_runtime import __version__
 
 if TYPE_CHECKING:  # the doctor reads boot_digest without loading the engine
+    from edge_runtime.engine.prefix_cache import CacheStats
     from edge_runtime.engine.scheduler import SchedulerCounters
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -130,12 +131,27 @@ def info_payload(device: str, engine_info: dict[str, object], limits: dict[str, 
 
 def scheduler_stats(counters: SchedulerCounters) -> dict[str, Any]:
     """Return what the engine's scheduler has done so far."""
-    return {
+    stats: dict[str, Any] = {
         "peak_batch": counters.peak_batch,
         "decode_steps": counters.decode_steps,
         "decode_tokens": counters.decode_tokens,
         "decode_tokens_per_s": round(counters.decode_tok_s, 2),
         "failed_sequences": counters.failed,
+    }
+    if counters.prefix_cache is not None:
+        stats["prefix_cache"] = prefix_cache_stats(counters.prefix_cache)
+    return stats
+
+
+def prefix_cache_stats(c: CacheStats) -> dict[str, Any]:
+    """The prefix cache's size and use: hit rate over prompt tokens, and over prompts."""
+    return {
+        "mb": round(c.bytes / 2**20, 2), "budget_mb": round(c.budget / 2**20, 2),
+        "blocks": c.blocks, "tokens": c.tokens,
+        "hit_rate": round(c.hit_rate, 4),
+        "prompts": c.lookups, "prompts_hit": c.hits,
+        "prompt_tokens": c.prompt_tokens, "cached_tokens": c.cached_tokens,
+        "evicted_blocks": c.evicted_blocks, "read_again_tokens": c.read_again,
     }
 
 

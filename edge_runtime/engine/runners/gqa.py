@@ -208,3 +208,26 @@ class GqaSlots:
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` cached tokens of slot ``src`` into slot ``dst``."""
         self._kv[:, :, dst, :, :length] = self._kv[:, :, src, :, :length]
+
+    @property
+    def token_bytes(self) -> int:
+        """The KV size of one position: every layer's keys and values."""
+        a = self.arch
+        return a.num_layers * 2 * a.num_kv_heads * a.head_dim * self._kv.dtype.itemsize
+
+    def read(self, slot: int, start: int, stop: int) -> np.ndarray:
+        """Return a copy of positions ``start:stop`` of ``slot``, [layers, 2, kv_heads, n, dim].
+
+        The copy has its own mapping, so that dropping it gives its memory back at once
+        (from malloc's heap, blocks freed in any order would leave holes that stay resident).
+        """
+        part = self._kv[:, :, slot, :, start:stop]
+        copy = lazy_zeros(part.shape, part.dtype)
+        copy[...] = part
+        return copy
+
+    def write(self, slot: int, start: int, kv: np.ndarray) -> None:
+        """Put ``kv`` (as :meth:`read` returns it) at positions ``start:`` of ``slot``."""
+        stop = start + kv.shape[3]
+        self.reserve(stop)
+        self._kv[:, :, slot, :, start:stop] = kv
