@@ -41,12 +41,10 @@ CANARY_MUST_FAIL=(cortex-a72)
 #   real_model               need the real SmolLM2 bundle (converted with torch)
 #   test_device_imports.py,  start child processes of sys.executable, which cannot be
 #   *reexecutes*             executed without binfmt
-#   test_mapped_pages.py     measure what madvise() does to resident pages; qemu-user 7.2
-#                            drops every advice but MADV_DONTNEED on anonymous memory
 #   *transformers*           compare with transformers, which the device half never has
 #   *qwen*                   repeat the SmolLM2 constraint cases on Qwen's 151k-token
 #                            vocabulary: the same code, over half of the emulated time
-IGNORES=(--ignore=tests/engine/test_device_imports.py --ignore=tests/engine/test_mapped_pages.py)
+IGNORES=(--ignore=tests/engine/test_device_imports.py)
 DESELECT=(-m "not real_model" -k "not transformers and not reexecutes and not qwen")
 # qemu runs a core's code 10 to 30 times slower: wall-clock budgets get this factor there.
 SLOWDOWN=40
