@@ -33,6 +33,11 @@ def main() -> int:
 
     def fresh_cache() -> None:
         llm.reset()
+        # A saved state carries the whole token array, the tail past its tokens included,
+        # and llama-cpp-python matches prompts against all of it: a tail left by an earlier
+        # run of the same prompts makes it take that state over its context, then read the
+        # prompt whole. No token id is negative.
+        llm.input_ids.fill(-1)
         if args.cache_mb > 0:
             llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=args.cache_mb * 2**20))
 
