@@ -33,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,8 +353,6 @@ def main() -> int:
     args = parser.parse_args()
     BUNDLE = args.bundle or sources.bundle_path(sources.MODELS[args.model], args.quant)
     prompts = Prompts.load(BUNDLE)
-    work = args.json.parent / "prefix-cache-work"
-    work.mkdir(parents=True, exist_ok=True)
     workers = start_workers(args, BUNDLE)
     try:
         results = scenarios(workers, prompts, args.pause)
@@ -361,7 +360,10 @@ def main() -> int:
     finally:
         for worker in workers:
             worker.close()
-    daemon = None if args.no_daemon else daemon_system(args, prompts, work)
+    daemon = None
+    if not args.no_daemon:
+        with tempfile.TemporaryDirectory(prefix="prefix-cache-") as work:
+            daemon = daemon_system(args, prompts, Path(work))
     rows = summarize(results, daemon)
     out = {
         "machine": machine_info(), "bundle": str(BUNDLE), "threads": args.threads,
