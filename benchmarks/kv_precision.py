@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,23 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks/results/kv_precision.json")
     args = parser.parse_args()
-    work = args.json.parent / "kv-precision-work"
+    with tempfile.TemporaryDirectory(prefix="kv-precision-") as tmp:
+        rows = study(args, Path(tmp))
+    print("| KV | prompt | bytes/value | decode tok/s (runs) | median | vs fp32 "
+          "| greedy agreement |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kv']} | {r['prompt_tokens']} | {r['bytes_per_value']} | "
+              f"{r['decode_tps']} | {r['median_tps']} | {r['vs_fp32']} | {r['agreement']} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine_info(), "bundle": str(args.bundle),
+                                     "rows": rows}, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+def study(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Build the variants in ``work``, run them alternating, and compare them with fp32."""
     texts = [p.read_text() for p in [DATA / "prompt.txt", *sorted((DATA / "prefix").glob("*.txt"))]]
     questions = (DATA / "prefix" / "questions.txt").read_text().strip().splitlines()[:4]
     print("building the fp16 and int8 variants", file=sys.stderr)
@@ -242,17 +259,7 @@ def main() -> int:
                                    3) if ok else None,
                 "errors": [r["error"] for r in results if "error" in r],
             })
-    print("| KV | prompt | bytes/value | decode tok/s (runs) | median | vs fp32 "
-          "| greedy agreement |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['kv']} | {r['prompt_tokens']} | {r['bytes_per_value']} | "
-              f"{r['decode_tps']} | {r['median_tps']} | {r['vs_fp32']} | {r['agreement']} |")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine_info(), "bundle": str(args.bundle),
-                                     "rows": rows}, indent=2))
-    print(f"wrote {args.json}")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ class OnnxEngine:
     ) -> GenerationResult:
         """Generate an answer (see :class:`edge_runtime.engine.types.Engine`)."""
         submitted = now() if queued_since is None else queued_since
-        return relay(self._start(request, cancel, submitted), on_delta, on_reasoning)
+        streaming = on_delta is not None or on_reasoning is not None
+        return relay(self._start(request, cancel, submitted, streaming), on_delta, on_reasoning)
 
     def stream(
         self, request: GenerationRequest, *, cancel: threading.Event | None = None
@@ -143,18 +144,22 @@ class OnnxEngine:
 
         Bad and over-long prompts raise here, before the iterator is returned.
         """
-        return pieces(self._start(request, cancel, now()))
+        return pieces(self._start(request, cancel, now(), streaming=True))
 
     def _encode(self, request: GenerationRequest) -> EncodedPrompt:
         return encode_request(request, template=self.template, tokenizer=self.tokenizer,
                               chat_format=self.chat_format)
 
     def _start(
-        self, request: GenerationRequest, cancel: threading.Event | None, submitted: float
+        self,
+        request: GenerationRequest,
+        cancel: threading.Event | None,
+        submitted: float,
+        streaming: bool,
     ) -> Sequence:
         encoded = self._close_reasoning(request, self._encode(request))
         offered = request.tools is not None and request.tool_choice != "none"
-        sequence = self._submit(encoded.ids, request, cancel, submitted,
+        sequence = self._submit(encoded.ids, request, cancel, submitted, streaming=streaming,
                                 shape=self._shape(request, encoded, offered))
         if offered:
             sequence.tool_calls = parse_tool_calls
@@ -201,7 +206,8 @@ class OnnxEngine:
         ignore_eos: bool = False,
     ) -> GenerationResult:
         """Generate from token ids; ``ignore_eos`` keeps going to ``max_tokens`` (benchmarks)."""
-        sequence = self._submit(list(prompt_ids), sampling, cancel, now(), ignore_eos=ignore_eos)
+        sequence = self._submit(list(prompt_ids), sampling, cancel, now(),
+                                streaming=on_delta is not None, ignore_eos=ignore_eos)
         return relay(sequence, on_delta, None)
 
     def single_sequence(self) -> SingleSequence:
@@ -218,10 +224,15 @@ class OnnxEngine:
         cancel: threading.Event | None,
         submitted: float,
         *,
+        streaming: bool,
         ignore_eos: bool = False,
         shape: Shape | None = None,
     ) -> Sequence:
-        """Check the prompt fits, build its decoding state and hand it to the scheduler."""
+        """Check the prompt fits, build its decoding state and hand it to the scheduler.
+
+        A sequence whose caller reads no pieces (``streaming`` false) sends only its end, so
+        that the caller's thread does not wake at every token beside the forwards.
+        """
         limit = self.context_length
         if len(prompt_ids) >= limit:
             raise ContextLengthExceeded(
@@ -242,7 +253,7 @@ class OnnxEngine:
             ignore_eos=ignore_eos,
             shape=shape,
         )
-        sequence = Sequence(prompt_ids, decoding, Clock(submitted), cancel)
+        sequence = Sequence(prompt_ids, decoding, Clock(submitted), cancel, streaming=streaming)
         self.scheduler.submit(sequence)
         return sequence
 

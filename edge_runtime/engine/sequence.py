@@ -76,6 +76,8 @@ class Sequence:
     cancel: threading.Event | None = None
     events: queue.SimpleQueue[SequenceEvent] = field(default_factory=queue.SimpleQueue)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    streaming: bool = True
+    """Whether the caller reads the pieces; without, only the end is sent."""
     length: int = 0
     """Tokens in the sequence's KV slot."""
     cached: int = 0
@@ -97,7 +99,7 @@ class Sequence:
         return self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set())
 
     def emit(self, piece: Piece) -> None:
-        if piece.text or piece.reasoning:
+        if self.streaming and (piece.text or piece.reasoning):
             self.events.put(Delta(piece.text, piece.reasoning))
 
     def finish(self, reason: FinishReason | None = None) -> None:

@@ -172,14 +172,15 @@ class Worker:
 
         def send(delta: str, reasoning: str = "") -> None:
             nonlocal seq
-            if req.body.stream:
-                self._chunks(req, chunk_payload(req.id, seq, delta, reasoning))
-                seq += 1
+            self._chunks(req, chunk_payload(req.id, seq, delta, reasoning))
+            seq += 1
 
         try:
+            streams = req.body.stream
             result = self.engine.generate(
-                req.body, cancel=job.cancel, on_delta=send,
-                on_reasoning=lambda text: send("", text), queued_since=job.queued_at
+                req.body, cancel=job.cancel, on_delta=send if streams else None,
+                on_reasoning=(lambda text: send("", text)) if streams else None,
+                queued_since=job.queued_at,
             )
         except EdgeRuntimeError as exc:
             queued_s = time.monotonic() - job.queued_at

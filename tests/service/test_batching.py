@@ -102,4 +102,6 @@ def test_waiting_for_a_batch_slot_shows_in_queued_s(
                     key=lambda f: f["timings"]["queued_s"])
     first_done = min(f["timings"]["first_token_s"] + f["timings"]["decode_s"]
                      for f in finals[:2])
-    assert finals[2]["timings"]["queued_s"] >= 0.9 * first_done, finals
+    # it waited for one of the others to end; they arrived over MQTT a few ms apart, which is
+    # a large share of a tiny model's answer, hence the margin
+    assert finals[2]["timings"]["queued_s"] >= 0.5 * first_done, finals
