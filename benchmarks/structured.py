@@ -1,14 +1,18 @@
 """Do machine-readable answers hold? Sampled answers with and without the constraint, and speed.
 
     python benchmarks/structured.py --bundle models/qwen2.5-coder-0.5b-instruct-int4 \\
-        --bundle BUNDLE2 [--samples 50] [--max-batch 4] [--json benchmarks/results/x.json]
+        --bundle BUNDLE2 [--samples 50] [--free-samples N] [--max-batch 4]
+        [--json benchmarks/results/x.json]
 
 For each bundle and each schema below: ``--samples`` answers sampled at temperature 0.8
-(seeds 0..n-1), once with ``response_format`` enforcing the schema and once with the same
-prompt (which asks for that JSON) and no constraint. Every answer is parsed and validated
-with ``jsonschema``. Speed: decode tokens/s of the constrained and the free answers, one
-request at a time and ``--max-batch`` at once, measured in the same run (the per-token rate
-of each answer, (tokens - 1) / decode time, median over answers).
+(seeds 0..n-1) with ``response_format`` enforcing the schema, and ``--free-samples`` with the
+same prompt (which asks for that JSON) and no constraint. Every answer is parsed and validated
+with ``jsonschema`` (``--samples 0`` skips this part).
+
+Speed, in the same run: decode tokens/s with and without a schema whose answers outrun
+``max_tokens`` (so both arms decode equally long answers), one request at a time and
+``--max-batch`` at once, the arms alternating over ``--speed-rounds`` rounds (see
+:func:`_speed`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import statistics
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +82,30 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["serial", "date"], "additionalProperties": False,
     },
 }
+SPEED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"log": {"type": "array", "minItems": 12, "items": {
+        "type": "object",
+        "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                       "reading": {"type": "number"},
+                       "note": {"type": "string", "maxLength": 40}},
+        "required": ["hour", "reading", "note"], "additionalProperties": False}}},
+    "required": ["log"], "additionalProperties": False,
+}
+"""For speed: an answer longer than SPEED_TOKENS either way, so both arms decode as long."""
+SPEED_TOKENS = 128
 SITUATION = "Gateway 7 in zone 3 reports 41.5 C and 63 % humidity; its serial is GW-0007."
 
 
 def _request(name: str, seed: int, constrained: bool) -> Any:
-    schema = SCHEMAS[name]
+    schema = SPEED_SCHEMA if name == "speed" else SCHEMAS[name]
+    ask = "Write its hourly log of today." if name == "speed" else ""
     body: dict[str, Any] = {
         "messages": [{"role": "user", "content": (
-            f"{SITUATION} Answer only with JSON that follows this JSON Schema: "
+            f"{SITUATION} {ask} Answer only with JSON that follows this JSON Schema: "
             f"{json.dumps(schema)}")}],
-        "temperature": 0.8, "seed": seed, "max_tokens": 160,
+        "temperature": 0.8, "seed": seed,
+        "max_tokens": SPEED_TOKENS if name == "speed" else 160,
     }
     if constrained:
         body["response_format"] = {"type": "json_schema",
@@ -128,29 +147,60 @@ def _generate_all(engine: OnnxEngine, requests: list[Any], parallel: int) -> lis
     return [r for r in results if r is not None]
 
 
-def study(bundle: Path, samples: int, max_batch: int) -> dict[str, Any]:
+def study(
+    bundle: Path, samples: int, max_batch: int, free_samples: int, rounds: int
+) -> dict[str, Any]:
     engine = load_engine(bundle, EngineOptions(provider="cpu", max_batch=max_batch))
     engine.constraints.load()
     rows = []
-    rates: dict[str, list[float]] = {"free-1": [], "schema-1": [], "free-n": [], "schema-n": []}
-    for name, schema in SCHEMAS.items():
+    for name, schema in SCHEMAS.items() if samples else ():
         row: dict[str, Any] = {"schema": name}
         for constrained in (False, True):
             arm = "schema" if constrained else "free"
-            requests = [_request(name, seed, constrained) for seed in range(samples)]
-            one = _generate_all(engine, requests[:2], 1)  # one at a time, for speed
-            many = _generate_all(engine, requests, max_batch)
-            rates[f"{arm}-1"] += [r for r in map(_rate, one) if r]
-            rates[f"{arm}-n"] += [r for r in map(_rate, many) if r]
-            row[f"{arm}_valid"] = sum(_valid(r.text, schema) for r in many)
-            row[f"{arm}_example"] = " ".join(many[0].text.split())[:80]
-        row["samples"] = samples
+            count = samples if constrained else free_samples
+            answers = _generate_all(
+                engine, [_request(name, seed, constrained) for seed in range(count)], max_batch)
+            row[f"{arm}_valid"] = sum(_valid(r.text, schema) for r in answers)
+            row[f"{arm}_samples"] = count
+            row[f"{arm}_example"] = " ".join(answers[0].text.split())[:80] if answers else ""
         rows.append(row)
-        print(f"{bundle.name} {name}: free {row['free_valid']}/{samples}, "
+        print(f"{bundle.name} {name}: free {row['free_valid']}/{free_samples}, "
               f"schema {row['schema_valid']}/{samples}", file=sys.stderr, flush=True)
-    speed = {k: statistics.median(v) if v else 0.0 for k, v in rates.items()}
+    speed = _speed(engine, max_batch, rounds)
     engine.close()
     return {"bundle": str(bundle), "max_batch": max_batch, "rows": rows, "speed": speed}
+
+
+def _speed(engine: OnnxEngine, max_batch: int, rounds: int) -> dict[str, float]:
+    """Decode tok/s with and without the schema, arms alternating, answers as long.
+
+    One at a time: the median over answers of (tokens - 1) / decode time. ``max_batch`` at
+    once: 2 x max_batch answers; their tokens past the first over the wall time less the
+    scheduler's prompt-reading time, so that what the constraint costs between forwards
+    counts and prefills do not.
+    """
+    single: dict[str, list[float]] = {"free": [], "schema": []}
+    batched: dict[str, list[float]] = {"free": [], "schema": []}
+    for i in range(rounds):
+        for constrained in (False, True) if i % 2 == 0 else (True, False):
+            arm = "schema" if constrained else "free"
+            seeds = range(100 + 10 * i, 100 + 10 * i + 2 * max_batch)
+            requests = [_request("speed", seed, constrained) for seed in seeds]
+            single[arm] += [r for r in map(_rate, _generate_all(engine, requests[:1], 1)) if r]
+            prefill = engine.counters.prefill_s
+            began = time.perf_counter()
+            answers = _generate_all(engine, requests, max_batch)
+            busy = time.perf_counter() - began - (engine.counters.prefill_s - prefill)
+            tokens = sum(max(r.usage.completion_tokens - 1, 0) for r in answers)
+            batched[arm].append(tokens / busy)
+            print(f"speed round {i + 1} {arm}: {max_batch} at once {batched[arm][-1]:.1f} tok/s",
+                  file=sys.stderr, flush=True)
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else 0.0
+
+    return {"free-1": median(single["free"]), "schema-1": median(single["schema"]),
+            "free-n": median(batched["free"]), "schema-n": median(batched["schema"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,16 +208,22 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, action="append", required=True)
     parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--free-samples", type=int,
+                        help="answers without the constraint per schema (default: --samples)")
     parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--speed-rounds", type=int, default=4,
+                        help="rounds of the speed comparison (arms alternating)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    results = [study(b, args.samples, args.max_batch) for b in args.bundle]
+    free = args.samples if args.free_samples is None else args.free_samples
+    results = [study(b, args.samples, args.max_batch, free, args.speed_rounds)
+               for b in args.bundle]
     for result in results:
         print(f"\n{result['bundle']}\n")
         print(markdown_table(
             ["schema", "valid, no constraint", "valid, schema enforced", "example (free)"],
-            [[r["schema"], f"{r['free_valid']}/{r['samples']}",
-              f"{r['schema_valid']}/{r['samples']}", r["free_example"].replace("|", "\\|")]
+            [[r["schema"], f"{r['free_valid']}/{r['free_samples']}",
+              f"{r['schema_valid']}/{r['schema_samples']}", r["free_example"].replace("|", "\\|")]
              for r in result["rows"]]))
         s = result["speed"]
         print(f"\ndecode tok/s, one at a time: free {s['free-1']:.1f}, schema "
