@@ -81,6 +81,7 @@ class CacheStats:
     stored_blocks: int = 0
     evicted_blocks: int = 0
     read_again: int = 0  # generated tokens read again as a prompt to keep them
+    whole_blocks: bool = False  # only whole blocks read as a cold read reads them are kept
 
     @property
     def hit_rate(self) -> float:

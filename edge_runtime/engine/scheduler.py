@@ -179,8 +179,8 @@ class Scheduler:
             self._filling = None
             self._fault(sequence, as_error(exc, "model run failed while reading the prompt"))
             return
-        if count > 1 and sequence.exact == start:
-            sequence.exact = start + count
+        if self.cache is not None:
+            self.cache.note_read(sequence, start, count)
         sequence.length += count
         self.counters.prefill_s += now() - began
         if not last:

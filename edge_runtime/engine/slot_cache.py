@@ -14,6 +14,15 @@ every generated token is, gets others. Hence:
   read again as a prompt (in forwards of at least two tokens) once it ends, while nothing
   else waits, so that a conversation's next turn finds its previous answer too.
 
+That holds where a row's KV does not depend on the size of the forward (of two or more
+tokens) that reads it, as with ONNX Runtime's x86 kernels. Elsewhere (its aarch64 kernels
+treat the rows left over from a group of four apart, so a row read in a forward of 2, 3 or 5
+tokens differs from the same row read in a forward of 64) the cache keeps only *whole
+blocks*: the ``chunk``-token forwards a cold read makes, from its first token on; a hit
+starts at a block boundary, so the rest is read in the cold read's own forwards, and answers
+are not read again. :func:`forwards_agree` finds out which holds, once, when the cache is
+made.
+
 Kept: the prompt's whole blocks once it is read, so that a sequence arriving meanwhile with
 the same start finds them, and the rest when the sequence ends. A sequence that failed, or
 was cancelled before its prompt was read, keeps nothing.
@@ -43,15 +52,41 @@ READ_AGAIN_CHUNK = 16
 meanwhile waits for one short forward at most (the values do not depend on the size)."""
 
 
-def exact_start(found: int, length: int, chunk: int) -> int:
+PROBE_SPLIT = (2, 3, 5, 7, 15)
+"""How :func:`forwards_agree` reads again the tokens it first reads in one forward: sizes
+that leave one, two and three rows over a group of four, at several offsets."""
+
+
+def forwards_agree(slots: KvSlots, blocks: KvBlocks) -> bool:
+    """Whether a row's KV is the same whatever the size of the forward (two or more) reading it.
+
+    Reads ``sum(PROBE_SPLIT)`` tokens into slot 0 in one forward, then again in forwards of
+    :data:`PROBE_SPLIT` sizes, and compares the two, bit for bit. Call it with every slot idle.
+    """
+    count = sum(PROBE_SPLIT)
+    ids = np.arange(1, count + 1, dtype=np.int64)[None, :]
+    slots.fit(count + 1)
+    slots.run(0, ids, np.array([0], dtype=np.int64))
+    whole = blocks.read(0, 0, count)
+    start = 0
+    for size in PROBE_SPLIT:
+        slots.run(0, ids[:, start : start + size], np.array([start], dtype=np.int64))
+        start += size
+    return bool(np.array_equal(blocks.read(0, 0, count), whole))
+
+
+def exact_start(found: int, length: int, chunk: int, *, whole_blocks: bool = False) -> int:
     """How many of ``found`` cached tokens to use for a prompt of ``length`` tokens.
 
     A cold read takes the prompt in forwards of ``chunk`` tokens, so only its last token can
     be read alone (when ``length % chunk == 1``). The rest after a hit is read in forwards
     of ``chunk`` from the hit on: its last forward must be a single token exactly when the
-    cold read's is.
+    cold read's is. With ``whole_blocks``, the hit ends at a block boundary, so that the
+    rest is read in the very forwards a cold read makes.
     """
     found = min(found, length - 1)
+    if whole_blocks:
+        return found - found % chunk
     if length % chunk == 1:
         return found if found == length - 1 else found - found % chunk
     if (length - found) % chunk == 1:
@@ -62,12 +97,25 @@ def exact_start(found: int, length: int, chunk: int) -> int:
 class SlotCache:
     """Copy cached prefixes into ``slots`` and slots' exact contents into ``cache``."""
 
-    def __init__(self, cache: PrefixCache, slots: KvSlots) -> None:
+    def __init__(self, cache: PrefixCache, slots: KvSlots, *, whole_blocks: bool = False) -> None:
         if not isinstance(slots, KvBlocks):
             raise TypeError("the prefix cache needs slots that copy KV by position")
         self.cache = cache
         self.slots = slots
         self.blocks: KvBlocks = slots
+        self.whole_blocks = whole_blocks
+        cache.stats.whole_blocks = whole_blocks
+
+    def note_read(self, sequence: Sequence, start: int, count: int) -> None:
+        """Extend the sequence's exact part after its prompt forward of ``count`` at ``start``."""
+        if sequence.exact != start:
+            return
+        chunk = self.slots.chunk
+        if self.whole_blocks:
+            if count == chunk and start % chunk == 0:
+                sequence.exact = start + count
+        elif count > 1:
+            sequence.exact = start + count
 
     def start(self, sequence: Sequence, slot: int) -> None:
         """Fill ``slot`` with the cached start of the sequence's prompt; note how much."""
@@ -78,7 +126,8 @@ class SlotCache:
 
         try:
             found = sum(count for _, count in self.cache.match(ids, len(ids) - 1))
-            used = exact_start(found, len(ids), self.slots.chunk)
+            used = exact_start(found, len(ids), self.slots.chunk,
+                               whole_blocks=self.whole_blocks)
             used = self.cache.load(ids, used, write)
         except Exception:  # a cache fault costs the hit, not the request
             log.exception("prefix cache: copying a cached prefix failed; reading it instead")
@@ -113,6 +162,8 @@ class SlotCache:
         self, sequence: Sequence, slot: int, ids: list[int], idle: Callable[[], bool]
     ) -> None:
         """Make the slot's tail exact by reading it as a prompt, a chunk at a time."""
+        if self.whole_blocks:
+            return
         start, end, chunk = sequence.exact, len(ids), READ_AGAIN_CHUNK
         if end - start == 1:
             if start == 0:
@@ -137,4 +188,10 @@ def slot_cache(slots: KvSlots, budget_mb: float, kind: str) -> SlotCache | None:
         log.warning("prefix cache off: a %r graph keeps its KV in ONNX Runtime's own buffers, "
                     "which cannot be copied by position; every prompt is read whole", kind)
         return None
-    return SlotCache(PrefixCache(int(budget_mb * 2**20), slots.token_bytes), slots)
+    whole_blocks = not forwards_agree(slots, slots)
+    if whole_blocks:
+        log.info("prefix cache: on this CPU a row's KV depends on the size of the forward "
+                 "that reads it; only whole %d-token blocks are kept, hits start at a block "
+                 "boundary and answers are not read again", slots.chunk)
+    cache = PrefixCache(int(budget_mb * 2**20), slots.token_bytes)
+    return SlotCache(cache, slots, whole_blocks=whole_blocks)

@@ -152,6 +152,7 @@ def prefix_cache_stats(c: CacheStats) -> dict[str, Any]:
         "prompts": c.lookups, "prompts_hit": c.hits,
         "prompt_tokens": c.prompt_tokens, "cached_tokens": c.cached_tokens,
         "evicted_blocks": c.evicted_blocks, "read_again_tokens": c.read_again,
+        "whole_blocks": c.whole_blocks,
     }
 
 

@@ -43,6 +43,13 @@ def engines(
     cached.close()
 
 
+def reusable(engine: OnnxEngine, tokens: int) -> int:
+    """How many of ``tokens`` known tokens a hit may use on this CPU (docs/engine.md)."""
+    cache = engine.prefix_cache
+    assert cache is not None
+    return tokens - tokens % BLOCK_TOKENS if cache.stats.whole_blocks else tokens
+
+
 def test_a_hit_answers_as_a_cold_run(engines: tuple[OnnxEngine, OnnxEngine]) -> None:
     cold, cached = engines
     first = cached.generate_ids([*SYSTEM, *ids_from(2, 20)], GREEDY)
@@ -50,7 +57,7 @@ def test_a_hit_answers_as_a_cold_run(engines: tuple[OnnxEngine, OnnxEngine]) -> 
     for seed in (3, 4):
         prompt = [*SYSTEM, *ids_from(seed, 20)]
         hit = cached.generate_ids(prompt, GREEDY)
-        assert hit.usage.cached_tokens >= len(SYSTEM)
+        assert hit.usage.cached_tokens >= reusable(cached, len(SYSTEM))
         assert hit.token_ids == cold.generate_ids(prompt, GREEDY).token_ids
 
 
@@ -63,7 +70,7 @@ def test_a_conversation_reads_only_its_new_turn(engines: tuple[OnnxEngine, OnnxE
         assert answer.token_ids == cold.generate_ids(history, GREEDY).token_ids
         if turn:
             # All but the new turn and the previous answer's last token (never fed).
-            assert answer.usage.cached_tokens >= len(history) - 12 - 1
+            assert answer.usage.cached_tokens >= reusable(cached, len(history) - 12 - 1)
         history += [*answer.token_ids, *ids_from(10 + turn, 12)]
 
 
@@ -78,7 +85,7 @@ def test_first_logits_are_a_cold_reads_bit_for_bit(
     """
     from edge_runtime.engine.prefix_cache import PrefixCache
     from edge_runtime.engine.runners.gqa import GqaSlots
-    from edge_runtime.engine.slot_cache import exact_start
+    from edge_runtime.engine.slot_cache import exact_start, forwards_agree
 
     cold, _ = engines
     slots = cold.new_slots(2)
@@ -92,6 +99,7 @@ def test_first_logits_are_a_cold_reads_bit_for_bit(
             logits = slots.run(slot, np.asarray([chunk]), np.array([first])).copy()
         return logits
 
+    whole_blocks = not forwards_agree(slots, slots)
     slots.fit(len(prompt) + 1)
     want = read(0, prompt, 0)
     other = [*SYSTEM, *ids_from(7, 30)]
@@ -99,7 +107,8 @@ def test_first_logits_are_a_cold_reads_bit_for_bit(
     cache.store(other, lambda a, b: slots.read(1, a, b))
     found = sum(count for _, count in cache.match(prompt, len(prompt) - 1))
     assert found == len(SYSTEM)
-    used = cache.load(prompt, exact_start(found, len(prompt), slots.chunk),
+    used = cache.load(prompt, exact_start(found, len(prompt), slots.chunk,
+                                          whole_blocks=whole_blocks),
                       lambda start, kv: slots.write(0, start, kv))
     assert used >= len(SYSTEM) - slots.chunk
     np.testing.assert_array_equal(read(0, prompt, used), want)
@@ -203,3 +212,29 @@ def test_a_sequence_finds_the_prompt_of_one_still_decoding(
         assert second.usage.cached_tokens >= 2 * BLOCK_TOKENS
     finally:
         engine.close()
+
+
+def test_where_rows_depend_on_the_forwards_size_whole_blocks_keep_hits_exact(
+    kind_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule for CPUs such as the boards' (docs/engine.md), made to hold on this one."""
+    from edge_runtime.engine import slot_cache
+
+    monkeypatch.setattr(slot_cache, "forwards_agree", lambda *_: False)
+    bundle = kind_bundle("llama", "gqa")
+    cold = load_engine(bundle, EngineOptions(provider="cpu", threads=1))
+    cached = load_engine(bundle, EngineOptions(provider="cpu", threads=1, prefix_cache_mb=4))
+    try:
+        history = [*SYSTEM, *ids_from(40, 30)]
+        for turn in range(3):
+            answer = cached.generate_ids(history, GREEDY)
+            assert answer.token_ids == cold.generate_ids(history, GREEDY).token_ids
+            assert answer.usage.cached_tokens % BLOCK_TOKENS == 0
+            if turn:
+                assert answer.usage.cached_tokens >= reusable(cached, len(history) - 12 - 24)
+            history += [*answer.token_ids, *ids_from(41 + turn, 12)]
+        stats = cached.prefix_cache.stats if cached.prefix_cache else None
+        assert stats is not None and stats.whole_blocks and stats.read_again == 0
+    finally:
+        cold.close()
+        cached.close()

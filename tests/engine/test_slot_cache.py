@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from edge_runtime.engine.prefix_cache import PrefixCache
-from edge_runtime.engine.slot_cache import READ_AGAIN_CHUNK, SlotCache, exact_start
+from edge_runtime.engine.slot_cache import (
+    READ_AGAIN_CHUNK,
+    SlotCache,
+    exact_start,
+    forwards_agree,
+)
 from edge_runtime.engine.types import FinishReason
 
 CHUNK = 64
@@ -98,3 +103,54 @@ def test_a_failed_sequence_keeps_nothing() -> None:
     sequence.decoding.finish = FinishReason.ERROR
     cache.keep(sequence, 0, ended=True, idle=lambda: True)
     assert slots.forwards == [] and cache.cache.blocks == 0
+
+
+@pytest.mark.parametrize("length", [2, 63, 64, 65, 129, 640])
+def test_with_whole_blocks_the_rest_is_read_in_a_cold_reads_own_forwards(length: int) -> None:
+    cold = [(s, min(CHUNK, length - s)) for s in range(0, length, CHUNK)]
+    for found in range(length + 1):
+        used = exact_start(found, length, CHUNK, whole_blocks=True)
+        assert used % CHUNK == 0 and used <= min(found, length - 1)
+        rest = [(s, min(CHUNK, length - s)) for s in range(used, length, CHUNK)]
+        assert rest == cold[used // CHUNK :], (found, used)
+
+
+def test_with_whole_blocks_only_a_cold_reads_full_forwards_are_kept() -> None:
+    slots = RecordingSlots()
+    cache = SlotCache(PrefixCache(1 << 20, slots.token_bytes), slots,  # type: ignore[arg-type]
+                      whole_blocks=True)
+    sequence = ended_sequence(150, 20, 0)
+    for start, count in ((0, 64), (64, 64), (128, 22)):
+        cache.note_read(sequence, start, count)
+    assert sequence.exact == 128, "the last, partial forward is not one a longer prompt makes"
+    cache.keep(sequence, 0, ended=True, idle=lambda: True)
+    assert slots.forwards == [], "answers are not read again"
+    assert cache.cache.tokens == 128 and cache.cache.stats.whole_blocks
+
+
+class SizeDependentSlots(RecordingSlots):
+    """Slots whose rows come out differently when left over from a group of four."""
+
+    def __init__(self, agree: bool) -> None:
+        super().__init__()
+        self.agree = agree
+        self.kv = np.zeros((1, 1, 1, 64, 1), np.float32)
+
+    def fit(self, length: int) -> None:
+        pass
+
+    def run(self, slot: int, tokens: np.ndarray, lengths: np.ndarray, **_: Any) -> np.ndarray:
+        start, count = int(lengths[0]), int(tokens.shape[1])
+        for row in range(count):
+            spare = not self.agree and row >= count - count % 4
+            self.kv[..., start + row, :] = tokens[0, row] + (1e-6 if spare else 0.0)
+        return np.zeros((1, 8), np.float32)
+
+    def read(self, slot: int, start: int, stop: int) -> np.ndarray:
+        return self.kv[..., start:stop, :].copy()
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_the_probe_tells_whether_rows_depend_on_the_forwards_size(agree: bool) -> None:
+    slots = SizeDependentSlots(agree)
+    assert forwards_agree(slots, slots) is agree  # type: ignore[arg-type]
