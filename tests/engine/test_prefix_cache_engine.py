@@ -43,11 +43,16 @@ def engines(
     cached.close()
 
 
-def reusable(engine: OnnxEngine, tokens: int) -> int:
-    """How many of ``tokens`` known tokens a hit may use on this CPU (docs/engine.md)."""
+def whole_blocks(engine: OnnxEngine) -> bool:
+    """Whether this CPU keeps whole blocks only (docs/engine.md, "Prefix cache")."""
     cache = engine.prefix_cache
     assert cache is not None
-    return tokens - tokens % BLOCK_TOKENS if cache.stats.whole_blocks else tokens
+    return cache.stats.whole_blocks
+
+
+def reusable(engine: OnnxEngine, tokens: int) -> int:
+    """How many of ``tokens`` known tokens a hit may use on this CPU."""
+    return tokens - tokens % BLOCK_TOKENS if whole_blocks(engine) else tokens
 
 
 def test_a_hit_answers_as_a_cold_run(engines: tuple[OnnxEngine, OnnxEngine]) -> None:
@@ -65,12 +70,16 @@ def test_a_conversation_reads_only_its_new_turn(engines: tuple[OnnxEngine, OnnxE
     cold, cached = engines
     prompt = [*SYSTEM[:40], *ids_from(5, 10)]
     history = list(prompt)
+    asked = 0
     for turn in range(3):
         answer = cached.generate_ids(history, GREEDY)
         assert answer.token_ids == cold.generate_ids(history, GREEDY).token_ids
         if turn:
-            # All but the new turn and the previous answer's last token (never fed).
-            assert answer.usage.cached_tokens >= reusable(cached, len(history) - 12 - 1)
+            # All but the new turn and the previous answer's last token (never fed); with
+            # whole blocks, the previous prompt's whole blocks (answers are not read again).
+            assert answer.usage.cached_tokens >= (
+                asked - asked % BLOCK_TOKENS if whole_blocks(cached) else len(history) - 12 - 1)
+        asked = len(history)
         history += [*answer.token_ids, *ids_from(10 + turn, 12)]
 
 
@@ -226,12 +235,14 @@ def test_where_rows_depend_on_the_forwards_size_whole_blocks_keep_hits_exact(
     cached = load_engine(bundle, EngineOptions(provider="cpu", threads=1, prefix_cache_mb=4))
     try:
         history = [*SYSTEM, *ids_from(40, 30)]
+        asked = 0
         for turn in range(3):
             answer = cached.generate_ids(history, GREEDY)
             assert answer.token_ids == cold.generate_ids(history, GREEDY).token_ids
             assert answer.usage.cached_tokens % BLOCK_TOKENS == 0
             if turn:
-                assert answer.usage.cached_tokens >= reusable(cached, len(history) - 12 - 24)
+                assert answer.usage.cached_tokens >= asked - asked % BLOCK_TOKENS
+            asked = len(history)
             history += [*answer.token_ids, *ids_from(41 + turn, 12)]
         stats = cached.prefix_cache.stats if cached.prefix_cache else None
         assert stats is not None and stats.whole_blocks and stats.read_again == 0
