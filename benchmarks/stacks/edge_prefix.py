@@ -5,20 +5,13 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from benchmarks.stacks.prefix_worker import Answer, serve
+from benchmarks.stacks.prefix_worker import Answer, serve, worker_args
 from edge_runtime.engine import EngineOptions, load_engine
 from edge_runtime.engine.request import Sampling
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-path", required=True, type=Path)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache-mb", type=int, default=128)
-    args = parser.parse_args()
+    args = worker_args(__doc__)
     engine = load_engine(args.model_path, EngineOptions(
         provider="cpu", threads=args.threads, prefix_cache_mb=args.cache_mb))
 

@@ -11,23 +11,17 @@ context's.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import llama_cpp
 
-from benchmarks.stacks.prefix_worker import Answer, serve
+from benchmarks.stacks.prefix_worker import Answer, serve, worker_args
 
 CONTEXT = 2048
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-path", required=True, type=Path)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache-mb", type=int, default=128)
-    args = parser.parse_args()
+    args = worker_args(__doc__)
     llm = llama_cpp.Llama(model_path=str(args.model_path), n_ctx=CONTEXT, n_batch=512,
                           n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
 

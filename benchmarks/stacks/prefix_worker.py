@@ -10,11 +10,21 @@ every cached prefix), ``{"op": "memory"}``, ``{"op": "quit"}``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+
+def worker_args(doc: str | None) -> argparse.Namespace:
+    """The arguments every worker takes: its model file, threads and cache bound."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--model-path", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache-mb", type=int, default=128)
+    return parser.parse_args()
 
 
 @dataclass
