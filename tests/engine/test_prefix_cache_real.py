@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.engine import EngineOptions, GenerationRequest, OnnxEngine, load_engine
+from edge_runtime.engine.prefix_cache import BLOCK_TOKENS
 from edge_runtime.engine.request import Message
 
 SYSTEM = (
@@ -25,6 +26,18 @@ SYSTEM = (
 )
 QUESTIONS = ["When can I get a flu shot?", "Do I need to fast before a blood test?",
              "Where do I park?"]
+
+
+def whole_blocks(engine: OnnxEngine) -> bool:
+    """Whether this CPU keeps whole blocks only (docs/engine.md, "Prefix cache")."""
+    cache = engine.prefix_cache
+    assert cache is not None
+    return cache.stats.whole_blocks
+
+
+def floor_to_block(engine: OnnxEngine, tokens: int) -> int:
+    """``tokens``, or its whole blocks where this CPU keeps only those."""
+    return tokens - tokens % BLOCK_TOKENS if whole_blocks(engine) else tokens
 
 
 def ask(engine: OnnxEngine, messages: list[Message]) -> tuple[str, int]:
@@ -54,7 +67,8 @@ def test_a_shared_system_prompt_answers_as_cold(
         text, cached_tokens = ask(cached, messages)
         assert text == ask(cold, messages)[0]
         if i:
-            assert cached_tokens >= system_tokens - 8, "the system prompt came from the cache"
+            assert cached_tokens >= floor_to_block(cached, system_tokens - 8), \
+                "the system prompt came from the cache"
 
 
 def test_a_conversation_answers_as_cold_turn_after_turn(
@@ -62,11 +76,16 @@ def test_a_conversation_answers_as_cold_turn_after_turn(
 ) -> None:
     cold, cached = engines
     messages = [Message(role="system", content=SYSTEM)]
+    asked = 0
     for i, question in enumerate(QUESTIONS):
         messages.append(Message(role="user", content=question))
         text, cached_tokens = ask(cached, messages)
         assert text == ask(cold, messages)[0]
+        prompt = len(cold.encode(GenerationRequest(messages=messages)))
         if i:
-            prompt = len(cold.encode(GenerationRequest(messages=messages)))
-            assert cached_tokens >= prompt - 30, "only the new turn is read"
+            # where whole blocks are kept, answers are not read again: the previous prompt's
+            # whole blocks come from the cache
+            wanted = asked - asked % BLOCK_TOKENS if whole_blocks(cached) else prompt - 30
+            assert cached_tokens >= wanted, "only the new turn is read"
+        asked = prompt
         messages.append(Message(role="assistant", content=text))
