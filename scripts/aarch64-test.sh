@@ -46,7 +46,9 @@ CANARY_MUST_FAIL=(cortex-a72)
 #                            vocabulary: the same code, over half of the emulated time
 IGNORES=(--ignore=tests/engine/test_device_imports.py)
 DESELECT=(-m "not real_model" -k "not transformers and not reexecutes and not qwen")
-# qemu runs a core's code 10 to 30 times slower: wall-clock budgets get this factor there.
+# qemu runs a core's code 10 to 30 times slower: wall-clock budgets get this factor there
+# (the constraint step's, through the plugin below; the tests' own, through
+# EDGE_RUNTIME_TEST_SLOWDOWN, read by tests/fixtures/threads.py).
 SLOWDOWN=40
 ENGINE_TESTS=(tests/engine tests/devices/test_device_profiles.py)
 
@@ -220,7 +222,7 @@ arm() {
     # QEMU_CPU picks the emulated core; the prefix makes the rootfs' paths win over the host's.
     (cd "$REPO" && env QEMU_CPU="$CORE" QEMU_LD_PREFIX="$ROOT" \
         PYTHONPATH="$REPO:$SITE:$WORK/plugins" PYTHONDONTWRITEBYTECODE=1 \
-        EDGE_RUNTIME_TEST_CACHE="$CACHE" \
+        EDGE_RUNTIME_TEST_CACHE="$CACHE" EDGE_RUNTIME_TEST_SLOWDOWN="$SLOWDOWN" \
         nice -n 10 qemu-aarch64-static "$ROOT/usr/bin/python3.11" "$@")
 }
 

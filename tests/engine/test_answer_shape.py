@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from edge_runtime.engine import EngineOptions, OnnxEngine, load_engine, parse_request
 from edge_runtime.engine.types import FinishReason
 from edge_runtime.errors import BadRequest
+from tests.fixtures.threads import run_together
 
 ALERT = {
     "type": "object",
@@ -54,18 +56,10 @@ def test_each_sequence_of_a_batch_keeps_its_own_constraint(smollm2: OnnxEngine) 
                        "maxItems": 3},
                {"type": "object", "properties": {"ok": {"type": "boolean"}},
                 "required": ["ok"], "additionalProperties": False}]
-    results: dict[int, Any] = {}
-
-    def run(i: int) -> None:
-        results[i] = smollm2.generate(schema_request(schemas[i], seed=i))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(schemas))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    for i, schema in enumerate(schemas):
-        jsonschema.validate(json.loads(results[i].text), schema)
+    results = run_together([partial(smollm2.generate, schema_request(schema, seed=i))
+                            for i, schema in enumerate(schemas)], limit_s=120)
+    for result, schema in zip(results, schemas, strict=True):
+        jsonschema.validate(json.loads(result.text), schema)
     assert smollm2.counters.peak_batch >= 2
 
 

@@ -15,6 +15,7 @@ import pytest
 from edge_runtime.engine import FinishReason, GenerationRequest, OnnxEngine, Sampling
 from edge_runtime.engine.runners import RUNNERS
 from edge_runtime.errors import BadRequest, ContextLengthExceeded
+from tests.fixtures.threads import run_together
 
 KINDS = sorted(RUNNERS)
 PROMPTS = ["The quick brown fox", "Sensors report temperature, humidity"]
@@ -213,14 +214,6 @@ def test_concurrent_calls_wait_their_turn(tiny_engine: Callable[..., OnnxEngine]
     engine = tiny_engine()
     prompts = ["The quick brown fox", "Sensors report", "Emoji: 🙂", "def add(a, b):"]
     alone = [engine.generate(greedy(p, False)).token_ids for p in prompts]
-    together: dict[int, tuple[int, ...]] = {}
-
-    def work(i: int) -> None:
-        together[i] = engine.generate(greedy(prompts[i], False)).token_ids
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert [together[i] for i in range(len(prompts))] == alone
+    together = run_together([functools.partial(engine.generate, greedy(p, False)) for p in prompts],
+                            limit_s=60)
+    assert [result.token_ids for result in together] == alone

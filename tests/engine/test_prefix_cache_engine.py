@@ -19,6 +19,7 @@ from edge_runtime.engine import EngineOptions, OnnxEngine, load_engine
 from edge_runtime.engine.prefix_cache import BLOCK_TOKENS
 from edge_runtime.engine.request import Sampling
 from edge_runtime.engine.types import FinishReason
+from tests.fixtures.threads import wall_limit
 
 GREEDY = Sampling(max_tokens=24, temperature=0.0)
 
@@ -213,10 +214,10 @@ def test_a_sequence_finds_the_prompt_of_one_still_decoding(
             "prompt_ids": [*SYSTEM, *ids_from(30, 10)], "sampling": long_answer,
             "on_delta": lambda _text: started.set(), "ignore_eos": True})
         first.start()
-        assert started.wait(30)
+        assert started.wait(wall_limit(30))
         prompt = [*SYSTEM, *ids_from(31, 10)]
         second = engine.generate_ids(prompt, GREEDY)
-        first.join(60)
+        first.join(wall_limit(60))
         assert engine.counters.peak_batch == 2, "the two decoded together"
         assert second.usage.cached_tokens >= 2 * BLOCK_TOKENS
     finally:

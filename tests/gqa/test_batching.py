@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from edge_runtime.engine import GenerationRequest, Sampling, load_engine
 from edge_runtime.engine.engine import OnnxEngine
 from edge_runtime.engine.scheduler import Scheduler
 from edge_runtime.engine.types import FinishReason, GenerationResult
+from tests.fixtures.threads import run_together
 
 PROMPTS = [
     "The quick brown fox",
@@ -70,23 +72,21 @@ def _wait_for(condition: Callable[[], bool]) -> None:
         time.sleep(0.01)
 
 
-def _together(batched: OnnxEngine, cancel: dict[int, threading.Event] | None = None) -> list:
-    results: list[GenerationResult | None] = [None] * len(PROMPTS)
-
-    def run(i: int) -> None:
+def _together(
+    batched: OnnxEngine, cancel: dict[int, threading.Event] | None = None
+) -> list[GenerationResult]:
+    def run(i: int) -> GenerationResult:
         event = (cancel or {}).get(i)
-        results[i] = batched.generate_ids(
+        return batched.generate_ids(
             _ids(batched, PROMPTS[i]), _params(MAX_TOKENS[i]), cancel=event, ignore_eos=True
         )
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    _wait_for(lambda: batched.scheduler.waiting == len(PROMPTS))
-    batched.scheduler.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
+    def release() -> None:
+        _wait_for(lambda: batched.scheduler.waiting == len(PROMPTS))
+        batched.scheduler.start()
+
+    return run_together([functools.partial(run, i) for i in range(len(PROMPTS))],
+                        limit_s=120, then=release)
 
 
 def test_concurrent_greedy_generations_equal_sequential_ones(
@@ -95,7 +95,6 @@ def test_concurrent_greedy_generations_equal_sequential_ones(
     alone = _alone(engine)
     together = _together(batching)
     for a, b in zip(alone, together, strict=True):
-        assert b is not None
         assert b.token_ids == a.token_ids
         assert b.text == a.text
         assert b.finish_reason == FinishReason.LENGTH
@@ -104,7 +103,7 @@ def test_concurrent_greedy_generations_equal_sequential_ones(
     assert counters.peak_batch == 4  # the sequences really shared forwards
     assert counters.prefills == len(PROMPTS)
     # every token after each sequence's first (which comes from its prefill) is a decode row
-    assert counters.decode_tokens == sum(len(r.token_ids) - 1 for r in together if r)
+    assert counters.decode_tokens == sum(len(r.token_ids) - 1 for r in together)
     assert counters.decode_steps < counters.decode_tokens
     assert counters.decode_tok_s > 0
 
@@ -112,8 +111,8 @@ def test_concurrent_greedy_generations_equal_sequential_ones(
 def test_waiting_for_a_slot_counts_as_queued(batching: OnnxEngine) -> None:
     together = _together(batching)
     # Four got a slot at once; the last two waited for a sequence to end.
-    waited = sorted(r.timings.queued_s for r in together if r)
-    first_to_end = min(r.timings.first_token_s + r.timings.decode_s for r in together if r)
+    waited = sorted(r.timings.queued_s for r in together)
+    first_to_end = min(r.timings.first_token_s + r.timings.decode_s for r in together)
     assert waited[-1] >= first_to_end * 0.5 and waited[-1] > waited[0]
 
 
@@ -125,7 +124,6 @@ def test_cancelling_one_sequence_leaves_the_others_intact(
     stop.set()  # cancelled from the start: it must end at once and free its slot
     together = _together(batching, {2: stop})
     for i, (a, b) in enumerate(zip(alone, together, strict=True)):
-        assert b is not None
         if i == 2:
             assert b.finish_reason == FinishReason.CANCELLED
             assert len(b.token_ids) < MAX_TOKENS[2]
