@@ -84,17 +84,26 @@ def base_config(broker: MosquittoBroker, bundle: Path, state: Path) -> dict[str,
 def daemon_factory(
     tmp_path: Path, service_bundle: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., DaemonProcess]]:
-    """Return ``make(broker, **sections)`` -> a started daemon; all are killed at the end."""
+    """Return ``make(broker, **sections)`` -> a started daemon; all are killed at the end.
+
+    ``make(broker, like=earlier)`` is the same device started again: ``earlier``'s config
+    (state folder included), as after a crash or a reboot.
+    """
     made: list[DaemonProcess] = []
 
     def make(
-        target: MosquittoBroker, start: bool = True, **sections: dict[str, Any]
+        target: MosquittoBroker, start: bool = True, like: DaemonProcess | None = None,
+        **sections: dict[str, Any],
     ) -> DaemonProcess:
+        if like is not None and sections:
+            raise ValueError("a daemon made like another takes its config as it is")
         folder = tmp_path / f"daemon{len(made)}"
         config = base_config(target, service_bundle, tmp_path / "state")
         for section, values in sections.items():
             config.setdefault(section, {}).update(values)
         proc = DaemonProcess(folder, config)
+        if like is not None:
+            proc.config_path.write_text(like.config_path.read_text())
         _keep_log(request, f"daemon{len(made)} log", proc.log_path)
         made.append(proc)
         return proc.start() if start else proc

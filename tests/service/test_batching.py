@@ -95,9 +95,7 @@ def test_waiting_for_a_batch_slot_shows_in_queued_s(
     for i in range(3):
         probe.publish(REQUEST, {"prompt": "Tell me a long story", "max_tokens": 200,
                                 "temperature": 0, "stream": False}, response_topic=f"slot/{i}")
-    second = daemon_factory(broker, start=False)
-    second.config_path.write_text(first.config_path.read_text())
-    second.start()  # all three arrive at once: two get a slot, one waits
+    daemon_factory(broker, like=first)  # all three arrive at once: two get a slot, one waits
     finals = sorted((probe.wait_final(f"slot/{i}", 60) for i in range(3)),
                     key=lambda f: f["timings"]["queued_s"])
     first_done = min(f["timings"]["first_token_s"] + f["timings"]["decode_s"]

@@ -6,25 +6,15 @@ import time
 from collections.abc import Callable
 
 from tests.fixtures.broker import MosquittoBroker
-from tests.service.conftest import DEVICE
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
+from tests.service.scenarios import REQUEST, send_long
 from tests.service.schemas import assert_final
-
-REQUEST = f"edge/{DEVICE}/request"
-LONG = {"prompt": "Tell me a long story", "max_tokens": 220, "temperature": 0.0}
 
 
 def _runs(probe: Probe, topic: str) -> int:
     """Count how many times a request streamed from the start (chunk seq 0)."""
     return sum(1 for c in probe.chunks(topic) if c["seq"] == 0)
-
-
-def _restart(first: DaemonProcess, factory: Callable[..., DaemonProcess],
-             broker: MosquittoBroker) -> DaemonProcess:
-    again = factory(broker, start=False)
-    again.config_path.write_text(first.config_path.read_text())
-    return again.start()
 
 
 def test_a_request_in_flight_at_two_crashes_is_answered_and_not_run_again(
@@ -38,15 +28,13 @@ def test_a_request_in_flight_at_two_crashes_is_answered_and_not_run_again(
     first = daemon_factory(broker)
     probe = client_factory(broker.port)
     probe.subscribe("loop/#")
-    topics = [f"loop/{i}" for i in range(4)]
-    for i, topic in enumerate(topics):
-        probe.publish(REQUEST, {"id": f"loop{i}", **LONG}, response_topic=topic)
+    topics = send_long(probe, "loop", 4)
     assert probe.wait_for(lambda _r: _runs(probe, topics[0]) == 1, 20)
     first.kill()
-    second = _restart(first, daemon_factory, broker)
+    second = daemon_factory(broker, like=first)
     assert probe.wait_for(lambda _r: _runs(probe, topics[0]) == 2, 20), "resumed once"
     second.kill()
-    third = _restart(first, daemon_factory, broker)
+    third = daemon_factory(broker, like=first)
     assert probe.wait_for(lambda _r: all(probe.finals(t) for t in topics), 30)
     time.sleep(1.0)
     poison = probe.finals(topics[0])
@@ -73,9 +61,7 @@ def test_deadlines_stop_every_request_of_a_batch(
     probe.subscribe("late/#")
     daemon = daemon_factory(broker, engine={"max_batch": 4},
                             service={"generation_deadline_s": 0.05})
-    topics = [f"late/{i}" for i in range(6)]
-    for i, topic in enumerate(topics):
-        probe.publish(REQUEST, {"id": f"late{i}", **LONG}, response_topic=topic)
+    topics = send_long(probe, "late", 6)
     assert probe.wait_for(lambda _r: all(probe.finals(t) for t in topics), 30)
     time.sleep(0.5)
     for topic in topics:

@@ -14,12 +14,11 @@ from tests.fixtures.broker import BrokerAuth, MosquittoBroker, User
 from tests.service.conftest import DEVICE
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
+from tests.service.scenarios import REQUEST, send_long
 from tests.service.schemas import assert_final
 
-REQUEST = f"edge/{DEVICE}/request"
 STATS = f"edge/{DEVICE}/stats"
 STATUS = f"edge/{DEVICE}/status"
-LONG = {"prompt": "Tell me a long story", "max_tokens": 220, "temperature": 0.0}
 
 
 def test_an_offline_client_gets_every_final_from_a_broker_with_a_small_queue(
@@ -36,9 +35,7 @@ def test_an_offline_client_gets_every_final_from_a_broker_with_a_small_queue(
     away.close()
     sender = client_factory(small.port)
     sender.subscribe("away/#")
-    topics = [f"away/{i}" for i in range(8)]
-    for i, topic in enumerate(topics):
-        sender.publish(REQUEST, {"id": f"away{i}", **LONG}, response_topic=topic)
+    topics = send_long(sender, "away", 8)
     assert sender.wait_for(lambda _r: all(sender.finals(t) for t in topics), 40)
     assert sum(len(sender.chunks(t)) for t in topics) > 100, "the answers were streamed"
     back = client_factory(small.port, client_id="away", persistent=True)

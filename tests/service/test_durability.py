@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -14,36 +13,10 @@ from tests.service.conftest import DEVICE
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
 from tests.service.polling import wait_until
+from tests.service.scenarios import LONG, REQUEST, exactly_one_final_each, send_long
 from tests.service.schemas import assert_final
 
-REQUEST = f"edge/{DEVICE}/request"
 CANCEL = f"edge/{DEVICE}/cancel"
-LONG = {"prompt": "Tell me a long story", "max_tokens": 220, "temperature": 0.0}
-# The tiny model writes ~1000 tokens/s, so one LONG request takes about 0.2 s: tests that
-# need the daemon busy for a while queue several.
-
-
-def _exactly_one_final_each(probe: Probe, topics: list[str], timeout: float = 40) -> None:
-    assert probe.wait_for(lambda _r: all(probe.finals(t) for t in topics), timeout), [
-        t for t in topics if not probe.finals(t)
-    ]
-    time.sleep(1.5)  # a duplicate would arrive within this
-    # Every topic spelled out: pytest shortens a dict given as the message to its first items.
-    wrong = {t: probe.finals(t) for t in topics if len(probe.finals(t)) != 1}
-    assert not wrong, "final messages per topic, want 1 each: " + ", ".join(
-        f"{t}: {len(finals)}" + (" (identical)" if len({json.dumps(f) for f in finals}) == 1
-                                 else " (differ)")
-        for t, finals in wrong.items()
-    )
-
-
-def _send_long(probe: Probe, prefix: str, id_prefix: str, count: int) -> list[str]:
-    """Subscribe to ``prefix/#`` and send ``count`` LONG requests, one per reply topic."""
-    probe.subscribe(f"{prefix}/#")
-    topics = [f"{prefix}/{i}" for i in range(count)]
-    for i, topic in enumerate(topics):
-        probe.publish(REQUEST, {"id": f"{id_prefix}{i}", **LONG}, response_topic=topic)
-    return topics
 
 
 def test_broker_restart_mid_generation_delivers_each_answer_once_and_whole(
@@ -54,14 +27,15 @@ def test_broker_restart_mid_generation_delivers_each_answer_once_and_whole(
     daemon_factory(broker, service={"stats_interval_s": 60.0})
     probe = client_factory(broker.port, client_id="outage-probe", persistent=True)
     probe.subscribe(f"edge/{DEVICE}/status")
-    topics = _send_long(probe, "outage", "o", 16)
+    probe.subscribe("outage/#")
+    topics = send_long(probe, "outage", 16, id_prefix="o")
     assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
     broker.stop()
     before_outage = sum(1 for t in topics if probe.finals(t))
     time.sleep(2.5)  # the daemon keeps generating with no broker
     broker.start()
     assert before_outage < len(topics), "some answers were generated during the outage"
-    _exactly_one_final_each(probe, topics)
+    exactly_one_final_each(probe, topics)
     states = [m.json()["state"] for m in probe.on(f"edge/{DEVICE}/status")]
     assert states[-1] == "online", states
     probe.publish(REQUEST, {"id": "reference", **LONG}, response_topic="outage/ref")
@@ -80,7 +54,8 @@ def test_sigkill_mid_generation_answers_every_accepted_request_once(
     first = daemon_factory(broker)
     probe = client_factory(broker.port)
     probe.subscribe(f"edge/{DEVICE}/status")
-    topics = [*_send_long(probe, "crash", "c", 6), "crash/6"]
+    probe.subscribe("crash/#")
+    topics = [*send_long(probe, "crash", 6, id_prefix="c"), "crash/6"]
     assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
     first.kill()
     status = f"edge/{DEVICE}/status"
@@ -89,10 +64,8 @@ def test_sigkill_mid_generation_answers_every_accepted_request_once(
     )
     # Sent while the daemon is dead: the broker keeps it for the daemon's session.
     probe.publish(REQUEST, {"id": "c6", **LONG}, response_topic=topics[6])
-    second = daemon_factory(broker, start=False)
-    second.config_path.write_text(first.config_path.read_text())
-    second.start()
-    _exactly_one_final_each(probe, topics)
+    second = daemon_factory(broker, like=first)
+    exactly_one_final_each(probe, topics)
     assert "resuming" in second.log()
     assert probe.on(status)[-1].json()["state"] == "online"
 
@@ -108,21 +81,21 @@ def test_restart_while_the_broker_is_down_answers_each_resumed_request_once(
     first = daemon_factory(broker)
     probe = client_factory(broker.port, client_id="reboot-probe", persistent=True)
     probe.subscribe(f"edge/{DEVICE}/status")
-    topics = _send_long(probe, "reboot", "r", 4)
+    probe.subscribe("reboot/#")
+    topics = send_long(probe, "reboot", 4, id_prefix="r")
     assert probe.wait_for(lambda _r: bool(probe.chunks(topics[0])), 20)
     first.kill()
     status = f"edge/{DEVICE}/status"
     assert probe.wait_for(lambda _r: probe.on(status)[-1].json()["state"] == "offline", 10)
     broker.stop()
-    second = daemon_factory(broker, start=False)
-    second.config_path.write_text(first.config_path.read_text())
+    second = daemon_factory(broker, start=False, like=first)
     second.start(wait_ready=False)
     resumed_done = wait_until(lambda: _pending(tmp_path / "state") == 0, 30, interval=0.1)
     assert resumed_done, "the resumed requests were answered while the broker was down"
     assert "resuming" in second.log()
     broker.start()
     second.wait_ready()
-    _exactly_one_final_each(probe, topics)
+    exactly_one_final_each(probe, topics)
 
 
 def _pending(state: Path) -> int:
@@ -172,9 +145,7 @@ def test_expired_requests_are_never_generated(
     probe.publish(REQUEST, {"id": "by-expiry", "prompt": "x"}, response_topic="exp/expiry",
                   expiry=1)
     time.sleep(2.0)
-    second = daemon_factory(broker, start=False)
-    second.config_path.write_text(first.config_path.read_text())
-    second.start()
+    daemon_factory(broker, like=first)
     final = probe.wait_final("exp/deadline")
     assert_final(final)
     assert final["error"]["code"] == "expired"
@@ -205,7 +176,7 @@ def test_cancel_stops_requests_before_they_complete(
     for i in (1, 2, 3):
         probe.publish(REQUEST, {"id": f"k{i}", **LONG}, response_topic=topics[i])
     probe.publish(CANCEL, {"id": "k3"})
-    _exactly_one_final_each(probe, topics)
+    exactly_one_final_each(probe, topics)
     first, last = probe.finals(topics[0])[0], probe.finals(topics[-1])[0]
     assert first["finish_reason"] == "cancelled"
     assert first["usage"]["completion_tokens"] < 220
@@ -224,12 +195,13 @@ def test_sigterm_finishes_in_flight_refuses_queue_and_says_stopped(
     daemon.start()
     probe = client_factory(broker.port)
     probe.subscribe(f"edge/{DEVICE}/status")
-    topics = _send_long(probe, "term", "t", 6)
+    probe.subscribe("term/#")
+    topics = send_long(probe, "term", 6, id_prefix="t")
     assert probe.wait_for(lambda _r: bool(probe.chunks("term/0")), 20)
     assert daemon.terminate() == 0
     assert any("STOPPING=1" in n for n in daemon.notifications)
     assert any(n == "WATCHDOG=1" for n in daemon.notifications), "the main loop fed the watchdog"
-    _exactly_one_final_each(probe, topics, timeout=10)
+    exactly_one_final_each(probe, topics, timeout=10)
     finals = [probe.finals(t)[0] for t in topics]
     assert finals[0]["finish_reason"] == "length", "the request in flight was finished"
     assert finals[-1]["error"]["code"] == "shutting_down", "queued requests are refused"
