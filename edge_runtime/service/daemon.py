@@ -321,10 +321,9 @@ class Daemon:
         healthy = self._enforce_deadline(now)
         if healthy:
             self.notifier.progress()
-        # Acknowledgements that arrived together are recorded together; a lone one at once,
-        # so that a crash just after it does not bring its final out again.
-        if self.delivery.marks_pending and (self.events.empty()
-                                            or self._due("marks", now, TICK_S)):
+        # At once, not when the queue runs dry: while a request streams, every chunk's
+        # publish is an event, and a crash before the mark would send that final again.
+        if self.delivery.marks_pending:
             self._safely("recording deliveries", self.delivery.flush_marks)
         if self.delivery.held and self._due("retry", now, STORE_RETRY_S):
             self._safely("recording held answers", self.delivery.retry_held)

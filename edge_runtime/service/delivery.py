@@ -3,8 +3,9 @@
 Used from the daemon's main thread only. A final of an accepted request is recorded in the
 store before it is published; while the state folder refuses writes, finals wait here, in
 order, and go out once recorded (one published but not recorded would be generated and sent
-again after a restart). PUBACKs are collected and recorded in batches; a refused publish
-(v5 reason code >= 0x80) is logged, counted and kept for the next start.
+again after a restart). A PUBACK is recorded at the loop's next tick (kept here while the
+store refuses the write); a refused publish (v5 reason code >= 0x80) is logged, counted
+and kept for the next start.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from edge_runtime.config import build_config
 from edge_runtime.service.daemon import Daemon
 from edge_runtime.service.notify import Notifier
 from edge_runtime.service.store import Store, StoreError
+from edge_runtime.service.transport import Published
 from tests.service.fakes import FakeEngine, FakeTransport
 from tests.service.polling import wait_until
 
@@ -142,6 +143,37 @@ def test_a_restart_before_the_broker_answers_sends_each_reply_once(
         second.__exit__()
         stuck.set()
         first.__exit__()
+
+
+def test_a_puback_is_recorded_at_once_while_other_events_keep_coming(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash just after the broker took a final must not bring it out again: its PUBACK
+    is recorded at once, also while publishes of a stream's chunks (paho reports QoS 0
+    ones too) keep the loop's queue from running dry."""
+    monkeypatch.setattr("edge_runtime.service.daemon.TICK_S", 30.0)
+    with Harness(state) as h:
+        done = threading.Event()
+
+        def stream() -> None:
+            while not done.is_set():
+                if h.events.qsize() < 20_000:
+                    for _ in range(20_000):  # not one of the daemon's: ignored
+                        h.events.put(Published(10**6))
+                else:
+                    time.sleep(0.001)
+
+        chunks = threading.Thread(target=stream, daemon=True)
+        chunks.start()
+        try:
+            for name in ("a", "b", "c"):
+                h.transport.deliver(REQ, {"id": name, "prompt": "hi", "max_tokens": 3},
+                                    response_topic=f"r/{name}")
+                assert wait_until(lambda n=name: bool(h.transport.finals(f"r/{n}")))
+                assert wait_until(lambda: h.store.outbox_size() == 0), f"{name} marked"
+        finally:
+            done.set()
+            chunks.join()
 
 
 def test_queue_full_is_answered_busy_at_once(state: Path) -> None:
