@@ -62,7 +62,7 @@ def _reusable(bundle: Path, options: Any = None) -> bool:
 
 @pytest.fixture(scope="session")
 def tiny_hf_model(converter_cache: Path) -> Callable[..., Path]:
-    """Return a factory: ``tiny_hf_model(arch="llama")`` -> a random 2-layer HF model folder."""
+    """Return a factory: ``tiny_hf_model(arch="llama")`` -> a random TINY HF model folder."""
     built: dict[str, Path] = {}
 
     def make(arch: str = "llama") -> Path:
@@ -100,6 +100,23 @@ def tiny_bundle(converter_cache: Path, tiny_hf_model: Callable[..., Path]) -> Ca
         return built[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def paced_bundle(converter_cache: Path) -> Path:
+    """A random llama bundle (fp32) whose tokens cost about a millisecond (tiny_models.PACED):
+    for tests that act while a generation is still running."""
+    out = converter_cache / "bundle-paced-llama-fp32"
+    if not _reusable(out):
+        _need_convert_extra()
+        from converters import ConvertOptions, convert
+        from tests.fixtures.tiny_models import PACED, build_tiny_model
+
+        folder = converter_cache / "hf-paced-llama"
+        if not (folder / "config.json").is_file():
+            build_tiny_model(folder, "llama", size=PACED)
+        convert(folder, out, ConvertOptions(quant="fp32", overwrite=True))
+    return out
 
 
 def _package_dir(package: str) -> Path | None:

@@ -79,6 +79,8 @@ class Scheduler:
         self._active: list[Sequence] = []
         self._filling: Sequence | None = None  # a prompt being read, in slot len(active)
         self._closing = threading.Event()
+        self._resting = threading.Condition()
+        self._at_rest = False  # the loop waits for a sequence, with none in a slot
         self._thread = threading.Thread(target=self._loop, name="edge-scheduler", daemon=True)
         if start:
             self._thread.start()
@@ -101,6 +103,13 @@ class Scheduler:
         if self._closing.is_set():
             raise ShuttingDown("the engine is shutting down")
         self._incoming.put(sequence)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no sequence is running or waiting, and what ended ones leave in the
+        prefix cache is kept (an answer is read again only while nothing else waits)."""
+        with self._resting:
+            return self._resting.wait_for(
+                lambda: self._at_rest and self._incoming.empty(), timeout)
 
     def close(self) -> None:
         """Stop the loop; sequences in flight or waiting fail with ShuttingDown."""
@@ -129,7 +138,7 @@ class Scheduler:
         """Place waiting sequences in free slots; block while there is nothing to do."""
         while self._filling is None and len(self._active) < self.capacity:
             try:
-                sequence = self._incoming.get(block=not self._active)
+                sequence = self._next_incoming()
             except queue.Empty:
                 return
             if sequence is None:
@@ -140,6 +149,19 @@ class Scheduler:
             self._filling = sequence
             while not interleave and self._filling is sequence:
                 self._fill(sequence)
+
+    def _next_incoming(self) -> Sequence | None:
+        """The next submitted sequence: waits for one while no slot is busy."""
+        if self._active:
+            return self._incoming.get(block=False)
+        with self._resting:
+            self._at_rest = True
+            self._resting.notify_all()
+        try:
+            return self._incoming.get()
+        finally:
+            with self._resting:
+                self._at_rest = False
 
     def _place(self, sequence: Sequence) -> bool:
         """Make room in slot ``len(active)``; False if the sequence ended instead."""

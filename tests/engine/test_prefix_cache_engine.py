@@ -74,6 +74,9 @@ def test_a_conversation_reads_only_its_new_turn(engines: tuple[OnnxEngine, OnnxE
     asked = 0
     for turn in range(3):
         answer = cached.generate_ids(history, GREEDY)
+        # The next turn comes after the answer was read (a kiosk's user types): by then the
+        # engine has kept the answer, which it reads again only while nothing else waits.
+        assert cached.scheduler.wait_idle(wall_limit(10))
         assert answer.token_ids == cold.generate_ids(history, GREEDY).token_ids
         if turn:
             # All but the new turn and the previous answer's last token (never fed); with
@@ -201,22 +204,22 @@ def test_an_optimum_graph_runs_without_a_cache(
         engine.close()
 
 
-def test_a_sequence_finds_the_prompt_of_one_still_decoding(
-    kind_bundle: Callable[..., Path],
-) -> None:
-    """Two slots: the second sequence copies the first one's system prompt while it decodes."""
-    engine = load_engine(kind_bundle("llama", "gqa"), EngineOptions(
+def test_a_sequence_finds_the_prompt_of_one_still_decoding(paced_bundle: Path) -> None:
+    """Two slots: the second sequence copies the first one's system prompt while it decodes
+    (a model slow enough that the first is still decoding; stopped once the second is done)."""
+    engine = load_engine(paced_bundle, EngineOptions(
         provider="cpu", threads=1, max_batch=2, prefix_cache_mb=4))
     try:
-        started = threading.Event()
-        long_answer = Sampling(max_tokens=80, temperature=0.0)
+        started, stop = threading.Event(), threading.Event()
+        prompt = [*SYSTEM, *ids_from(30, 10)]
+        long_answer = Sampling(max_tokens=engine.context_length - len(prompt), temperature=0.0)
         first = threading.Thread(target=engine.generate_ids, daemon=True, kwargs={
-            "prompt_ids": [*SYSTEM, *ids_from(30, 10)], "sampling": long_answer,
+            "prompt_ids": prompt, "sampling": long_answer, "cancel": stop,
             "on_delta": lambda _text: started.set(), "ignore_eos": True})
         first.start()
         assert started.wait(wall_limit(30))
-        prompt = [*SYSTEM, *ids_from(31, 10)]
-        second = engine.generate_ids(prompt, GREEDY)
+        second = engine.generate_ids([*SYSTEM, *ids_from(31, 10)], GREEDY)
+        stop.set()
         first.join(wall_limit(60))
         assert engine.counters.peak_batch == 2, "the two decoded together"
         assert second.usage.cached_tokens >= 2 * BLOCK_TOKENS

@@ -156,3 +156,14 @@ def test_waiting_for_a_slot_is_counted_as_queued(tokenizer: Tokenizer) -> None:
     held.close()
     assert done_second.timings.queued_s >= done_first.timings.decode_s
     assert done_first.timings.queued_s < done_second.timings.queued_s
+
+
+def test_idle_only_once_every_sequence_has_left(tokenizer: Tokenizer, scheduler: Scheduler) -> None:
+    sequences = [sequence(tokenizer, [10], 5), sequence(tokenizer, [20], 5)]
+    for s in sequences:
+        scheduler.submit(s)
+    assert not scheduler.wait_idle(0.05), "two sequences wait: not idle"
+    scheduler.start()
+    results(sequences)
+    assert scheduler.wait_idle(10)
+    assert all(s.ended for s in sequences)
