@@ -38,9 +38,10 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture(scope="session")
-def service_bundle(tiny_bundle: Callable[..., Path]) -> Path:
-    """The tiny random llama bundle (fp32): real ONNX, real tokenizer, milliseconds a token."""
-    return tiny_bundle("llama", "fp32")
+def service_bundle(paced_bundle: Path) -> Path:
+    """A random llama bundle (fp32) at about a millisecond a token: real ONNX, real tokenizer,
+    and generations that last long enough for a test to crash, cancel or time them out."""
+    return paced_bundle
 
 
 @pytest.fixture

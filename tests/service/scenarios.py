@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
+from pathlib import Path
 
 from tests.service.conftest import DEVICE
 from tests.service.mqtt_client import Probe
 from tests.service.schemas import assert_final
 
 REQUEST = f"edge/{DEVICE}/request"
-# The tiny model writes ~1000 tokens/s, so one LONG request takes about 0.2 s: tests that
-# need the daemon busy for a while queue several.
+# The service model (tiny_models.PACED) takes about a millisecond a token, so one LONG
+# request runs for a few tenths of a second: tests that need the daemon busy for a while
+# queue several.
 LONG = {"prompt": "Tell me a long story", "max_tokens": 220, "temperature": 0.0}
 DUPLICATE_WINDOW_S = 1.5  # a second final would come within this
 
@@ -43,3 +47,20 @@ def exactly_one_final_each(probe: Probe, topics: list[str], timeout: float = 40)
     )
     for topic in topics:
         assert_final(probe.finals(topic)[0])
+
+
+def _query(state: Path, sql: str, *args: object) -> int:
+    with contextlib.closing(sqlite3.connect(state / "state.sqlite3", timeout=5)) as db:
+        row = db.execute(sql, args).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def unanswered(state: Path) -> int:
+    """How many accepted requests a daemon's state folder holds unanswered."""
+    return _query(state, "SELECT COUNT(*) FROM requests WHERE state = 'pending'")
+
+
+def reruns(state: Path, request_id: str) -> int:
+    """How many times a restart has started ``request_id`` again (the store marks each one
+    just before it runs; its chunks may go out before the daemon is connected, and be lost)."""
+    return _query(state, "SELECT MAX(attempts) FROM requests WHERE key LIKE ?", f"{request_id}\n%")

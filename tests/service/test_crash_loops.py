@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.fixtures.broker import MosquittoBroker
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
-from tests.service.scenarios import REQUEST, send_long
+from tests.service.polling import wait_until
+from tests.service.scenarios import REQUEST, reruns, send_long
 from tests.service.schemas import assert_final
 
 
@@ -18,6 +20,7 @@ def _runs(probe: Probe, topic: str) -> int:
 
 
 def test_a_request_in_flight_at_two_crashes_is_answered_and_not_run_again(
+    tmp_path: Path,
     broker: MosquittoBroker,
     daemon_factory: Callable[..., DaemonProcess],
     client_factory: Callable[..., Probe],
@@ -26,14 +29,17 @@ def test_a_request_in_flight_at_two_crashes_is_answered_and_not_run_again(
     ``internal`` instead of running it (a poison request would otherwise crash the daemon at
     every start); the requests that only waited behind it are run and answered once."""
     first = daemon_factory(broker)
+    state = tmp_path / "state"
     probe = client_factory(broker.port)
     probe.subscribe("loop/#")
     topics = send_long(probe, "loop", 4)
     assert probe.wait_for(lambda _r: _runs(probe, topics[0]) == 1, 20)
     first.kill()
+    assert not probe.finals(topics[0]), "killed while the first request ran"
     second = daemon_factory(broker, like=first)
-    assert probe.wait_for(lambda _r: _runs(probe, topics[0]) == 2, 20), "resumed once"
+    assert wait_until(lambda: reruns(state, "loop0") == 1, 20), "resumed once"
     second.kill()
+    assert not probe.finals(topics[0]), "killed while it ran again"
     third = daemon_factory(broker, like=first)
     assert probe.wait_for(lambda _r: all(probe.finals(t) for t in topics), 30)
     time.sleep(1.0)
@@ -42,7 +48,7 @@ def test_a_request_in_flight_at_two_crashes_is_answered_and_not_run_again(
     assert_final(poison[0])
     assert poison[0]["error"]["code"] == "internal", poison[0]
     assert "not run again" in poison[0]["error"]["message"]
-    assert _runs(probe, topics[0]) == 2, "not generated a third time"
+    assert _runs(probe, topics[0]) <= 2, "not generated a third time"
     for topic in topics[1:]:
         finals = probe.finals(topic)
         assert len(finals) == 1 and finals[0]["finish_reason"] == "length", (topic, finals)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +11,7 @@ from tests.service.conftest import DEVICE
 from tests.service.daemon_proc import DaemonProcess
 from tests.service.mqtt_client import Probe
 from tests.service.polling import wait_until
-from tests.service.scenarios import LONG, REQUEST, exactly_one_final_each, send_long
+from tests.service.scenarios import LONG, REQUEST, exactly_one_final_each, send_long, unanswered
 from tests.service.schemas import assert_final
 
 CANCEL = f"edge/{DEVICE}/cancel"
@@ -90,19 +88,12 @@ def test_restart_while_the_broker_is_down_answers_each_resumed_request_once(
     broker.stop()
     second = daemon_factory(broker, start=False, like=first)
     second.start(wait_ready=False)
-    resumed_done = wait_until(lambda: _pending(tmp_path / "state") == 0, 30, interval=0.1)
+    resumed_done = wait_until(lambda: unanswered(tmp_path / "state") == 0, 30, interval=0.1)
     assert resumed_done, "the resumed requests were answered while the broker was down"
     assert "resuming" in second.log()
     broker.start()
     second.wait_ready()
     exactly_one_final_each(probe, topics)
-
-
-def _pending(state: Path) -> int:
-    """Count the accepted requests not yet answered in a daemon's state folder."""
-    with contextlib.closing(sqlite3.connect(state / "state.sqlite3", timeout=5)) as db:
-        return int(db.execute("SELECT COUNT(*) FROM requests WHERE state = 'pending'")
-                   .fetchone()[0])
 
 
 def test_repeated_id_is_answered_from_the_record(
