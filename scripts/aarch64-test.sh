@@ -22,7 +22,7 @@
 # Env:   EDGE_AARCH64_DIR (work folder), DEBIAN_MIRROR, PYTEST_ARGS (extra args, e.g. -x),
 #        AARCH64_CORES (qemu models to run, default all three), ORT_SPEC (onnxruntime
 #        requirement, default the one in pyproject.toml), CORE_TIMEOUT (s per core, 5400: the
-#        Pi 4 core alone takes about 45 min on two host cores)
+#        Pi 4 core took 51 min beside the other two cores' runs on two host cores)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
