@@ -19,6 +19,7 @@ from edge_runtime.engine import EngineOptions, OnnxEngine, load_engine
 from edge_runtime.engine.prefix_cache import BLOCK_TOKENS
 from edge_runtime.engine.request import Sampling
 from edge_runtime.engine.types import FinishReason
+from tests.fixtures.prefix import reusable, whole_blocks
 from tests.fixtures.threads import wall_limit
 
 GREEDY = Sampling(max_tokens=24, temperature=0.0)
@@ -42,18 +43,6 @@ def engines(
     yield cold, cached
     cold.close()
     cached.close()
-
-
-def whole_blocks(engine: OnnxEngine) -> bool:
-    """Whether this CPU keeps whole blocks only (docs/engine.md, "Prefix cache")."""
-    cache = engine.prefix_cache
-    assert cache is not None
-    return cache.stats.whole_blocks
-
-
-def reusable(engine: OnnxEngine, tokens: int) -> int:
-    """How many of ``tokens`` known tokens a hit may use on this CPU."""
-    return tokens - tokens % BLOCK_TOKENS if whole_blocks(engine) else tokens
 
 
 def test_a_hit_answers_as_a_cold_run(engines: tuple[OnnxEngine, OnnxEngine]) -> None:

@@ -14,6 +14,7 @@ import pytest
 from edge_runtime.engine import EngineOptions, GenerationRequest, OnnxEngine, load_engine
 from edge_runtime.engine.prefix_cache import BLOCK_TOKENS
 from edge_runtime.engine.request import Message
+from tests.fixtures.prefix import reusable, whole_blocks
 
 SYSTEM = (
     "You are the help desk of a small clinic. Answer in one or two short sentences. "
@@ -26,18 +27,6 @@ SYSTEM = (
 )
 QUESTIONS = ["When can I get a flu shot?", "Do I need to fast before a blood test?",
              "Where do I park?"]
-
-
-def whole_blocks(engine: OnnxEngine) -> bool:
-    """Whether this CPU keeps whole blocks only (docs/engine.md, "Prefix cache")."""
-    cache = engine.prefix_cache
-    assert cache is not None
-    return cache.stats.whole_blocks
-
-
-def floor_to_block(engine: OnnxEngine, tokens: int) -> int:
-    """``tokens``, or its whole blocks where this CPU keeps only those."""
-    return tokens - tokens % BLOCK_TOKENS if whole_blocks(engine) else tokens
 
 
 def ask(engine: OnnxEngine, messages: list[Message]) -> tuple[str, int]:
@@ -67,7 +56,7 @@ def test_a_shared_system_prompt_answers_as_cold(
         text, cached_tokens = ask(cached, messages)
         assert text == ask(cold, messages)[0]
         if i:
-            assert cached_tokens >= floor_to_block(cached, system_tokens - 8), \
+            assert cached_tokens >= reusable(cached, system_tokens - 8), \
                 "the system prompt came from the cache"
 
 
